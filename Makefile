@@ -1,0 +1,49 @@
+# lovense-worker: `make run` and `make test` are the two commands a newcomer needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration lint typecheck bench schemas rabbitmq clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+rabbitmq:  ## make sure RabbitMQ (with the consistent-hash plugin) answers
+	scripts/ensure-rabbitmq.sh
+
+run: install rabbitmq  ## run the worker (against the simulator unless a developer token is set)
+	@if [ -n "$$LOVENSE_DEVELOPER_TOKEN" ] || [ -n "$$LOVENSE_DEVELOPER_TOKEN_FILE" ]; then \
+		exec $(BIN)/lovense-worker run; \
+	else \
+		exec $(BIN)/lovense-worker run --simulator; \
+	fi
+
+test: install rabbitmq  ## the whole suite, against the real RabbitMQ
+	$(BIN)/pytest -q
+
+test-unit: install  ## unit tests only (no sockets)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: install rabbitmq
+	$(BIN)/pytest -q tests/integration
+
+lint: install
+	$(BIN)/ruff check worker tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install rabbitmq  ## benchmarks; figures go to bench/results.json
+	$(BIN)/python -m bench
+
+schemas: install  ## regenerate schemas/ from the msgspec types
+	$(BIN)/python -m worker.schemas schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

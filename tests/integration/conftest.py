@@ -1,0 +1,65 @@
+"""Integration fixtures: the real RabbitMQ, the project's simulator, an in-process worker.
+
+Every test here talks over real loopback sockets. When RabbitMQ is missing the
+tests fail (they do not skip): CI must not go green without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from tests.integration.support import (
+    AMQP_URL,
+    ResultLog,
+    purge_topology,
+    worker_settings,
+)
+from worker import topology
+from worker.app import Worker
+from worker.producer import Producer
+from worker.simulator import SIMULATOR_TOKEN, Simulator
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(token=SIMULATOR_TOKEN) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def clean_broker() -> None:
+    try:
+        await purge_topology(AMQP_URL)
+    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}: {exc} "
+                    "(run scripts/ensure-rabbitmq.sh)")
+
+
+@pytest.fixture
+async def worker(sim: Simulator, clean_broker: None) -> AsyncIterator[Worker]:
+    async with Worker(worker_settings(sim)) as running:
+        yield running
+
+
+@pytest.fixture
+async def results(clean_broker: None) -> AsyncIterator[ResultLog]:
+    log = ResultLog()
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topology.RESULTS_EXCHANGE)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="#")
+        await queue.consume(log.on_message, no_ack=True)
+        yield log
+
+
+@pytest.fixture
+async def producer() -> AsyncIterator[Producer]:
+    async with Producer(AMQP_URL) as connected:
+        yield connected
+
+

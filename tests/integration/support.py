@@ -1,0 +1,91 @@
+"""Helpers shared by the integration tests: result capture, broker purge, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from worker import topology
+from worker.broker import declare
+from worker.config import Secret, Settings
+from worker.messages import Result, result_decoder
+from worker.simulator import SIMULATOR_TOKEN, Simulator
+
+AMQP_URL = os.environ.get("LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/")
+SHARDS = 4
+
+
+class ResultLog:
+    """Every result published to lovense.results while a test runs, by id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Result] = {}
+        self.routing_keys: dict[str, str] = {}
+        self._changed = asyncio.Event()
+
+    def on_message(self, message: AbstractIncomingMessage) -> None:
+        result = result_decoder.decode(message.body)
+        self.by_id[result.id] = result
+        self.routing_keys[result.id] = message.routing_key or ""
+        self._changed.set()
+
+    async def wait_for(self, ident: str, timeout: float = 10.0) -> Result:
+        """Return the result with this id, waiting up to ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while ident not in self.by_id:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.by_id[ident]
+
+
+async def purge_topology(url: str) -> None:
+    """Empty the shard and dead-letter queues so no earlier test leaks into this one."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await declare(channel, SHARDS)
+        for index in range(SHARDS):
+            queue = await channel.get_queue(topology.shard_queue(index))
+            await queue.purge()
+        dead = await channel.get_queue(topology.DEAD_QUEUE)
+        await dead.purge()
+
+
+def worker_settings(sim: Simulator, **overrides: Any) -> Settings:
+    """Return settings pointing a worker at the simulator and the local RabbitMQ."""
+    values: dict[str, Any] = {
+        "amqp_url": AMQP_URL,
+        "developer_token": Secret(SIMULATOR_TOKEN),
+        "api_base": sim.server_url,
+        "lan_allow": (ipaddress.ip_network("127.0.0.1/32"),),
+        "lan_ca_file": Path(sim.ca_file),
+        "shards": SHARDS,
+        "metrics_port": 0,
+        "log_level": "warning",
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def dead_letters(expected: int, timeout: float = 10.0) -> list[AbstractIncomingMessage]:
+    """Return the messages in lovense.dead once there are at least ``expected`` of them."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.DEAD_QUEUE)
+        taken: list[AbstractIncomingMessage] = []
+        async with asyncio.timeout(timeout):
+            while len(taken) < expected:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                taken.append(message)
+        return taken

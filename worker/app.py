@@ -1,0 +1,100 @@
+"""Wiring and lifecycle: start, ready, drain, stop.
+
+Start-up connects to RabbitMQ and declares the topology before it consumes;
+shutdown stops consuming first, lets calls in flight finish within the grace
+period and publish their results, and leaves everything else in RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import TracebackType
+
+import structlog
+
+from worker.broker import Broker
+from worker.config import Settings
+from worker.dispatch import Dispatcher, Upstream
+from worker.handler import Handler
+from worker.health import HealthServer
+from worker.lovense import LovenseClient
+from worker.metrics import Metrics
+
+log = structlog.get_logger("worker.app")
+
+
+class Worker:
+    """One worker process: broker consumer, Lovense client, metrics endpoint."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstream: Upstream | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._client = LovenseClient(settings) if upstream is None else None
+        dispatcher = Dispatcher(settings, upstream or self._client, self.metrics)  # type: ignore[arg-type]
+        self.handler = Handler(dispatcher, self.metrics)
+        self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics)
+        self.health: HealthServer | None = None
+        if settings.metrics_port or settings.metrics_port == 0:
+            self.health = HealthServer(
+                self.metrics, lambda: self.broker.ready, settings.metrics_host,
+                settings.metrics_port,
+            )
+
+    async def start(self) -> None:
+        """Connect, declare, serve health, and start consuming."""
+        if self.health is not None:
+            await self.health.start()
+        await self.broker.connect()
+        await self.broker.consume(self.handler.handle)
+        log.info(
+            "worker_started", shards=self.settings.shards, api_base=self.settings.api_base,
+            lan_route="on" if self.settings.lan_enabled else "off",
+            metrics_port=self.health.port if self.health else None,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop consuming, let in-flight commands finish within the grace, then close."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await self.broker.stop_consuming()
+        left = await self.broker.drain(grace)
+        if left:
+            log.warning("shutdown_grace_exceeded", unfinished=left)
+        await self.broker.close()
+        if self._client is not None:
+            await self._client.aclose()
+        if self.health is not None:
+            await self.health.stop()
+        log.info("worker_stopped")
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def serve(settings: Settings) -> int:
+    """Run a worker until SIGTERM or SIGINT, then shut down gracefully; return the exit code."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    worker = Worker(settings)
+    await worker.start()
+    try:
+        await stopping.wait()
+        log.info("shutdown_requested")
+    finally:
+        await worker.stop()
+    return 0

@@ -1,0 +1,70 @@
+"""What Lovense is sent: the request body for each command and route, as the docs show it.
+
+Pure functions. The worker adds what producers must not send themselves: the
+developer token, ``apiVer``/``v`` and the comma-joined ``uid`` list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any, Final
+
+from worker import rules
+from worker.messages import Command, GetQrCode, Position, Stop
+
+#: Commands whose documented examples carry no apiVer.
+_NO_API_VER: Final = frozenset({"GetToys", "GetToyName"})
+
+
+def _number(value: float) -> float | int:
+    # 20.0 goes out as 20, as in the docs' examples.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def command_fields(cmd: Command) -> dict[str, Any]:
+    """Return the Lovense fields of a command: ``command``, its own fields, ``toy``, ``apiVer``."""
+    if isinstance(cmd, Stop):
+        body: dict[str, Any] = {"command": "Function", "action": "Stop", "timeSec": 0}
+    else:
+        body = {"command": cmd.kind}
+        for name in cmd.lovense_fields:
+            value = getattr(cmd, name)
+            if value is not None:
+                body[name] = _number(value) if isinstance(value, float) else value
+        if isinstance(cmd, Position):
+            body["value"] = rules.position_value(cmd)
+    if cmd.toy is not None:
+        body["toy"] = cmd.toy
+    if body["command"] not in _NO_API_VER:
+        body["apiVer"] = getattr(cmd, "apiVer", 1)
+    return body
+
+
+def lan_body(cmd: Command) -> dict[str, Any]:
+    """Return the body POSTed to a Lovense Remote app's ``/command``."""
+    return command_fields(cmd)
+
+
+def server_body(cmd: Command, token: str, uids: list[str]) -> dict[str, Any]:
+    """Return the body POSTed to ``/api/lan/v2/command`` for these users."""
+    return {"token": token, "uid": ",".join(uids), **command_fields(cmd)}
+
+
+def utoken_for(uid: str, secret: str) -> str:
+    """Return the per-user token Lovense echoes in the user's callback: HMAC-SHA256(uid)."""
+    if not secret:
+        return ""
+    return hmac.new(secret.encode(), uid.encode(), hashlib.sha256).hexdigest()
+
+
+def qr_body(cmd: GetQrCode, token: str, utoken: str) -> dict[str, Any]:
+    """Return the body POSTed to ``/api/lan/getQrCode``."""
+    uid = cmd.targets[0]
+    return {
+        "token": token,
+        "uid": uid,
+        "uname": cmd.uname if cmd.uname is not None else uid,
+        "utoken": utoken,
+        "v": cmd.v,
+    }

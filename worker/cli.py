@@ -1,0 +1,187 @@
+"""The ``lovense-worker`` command: ``run``, ``simulate`` and ``publish``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from worker import logs
+from worker.config import Settings
+from worker.errors import ConfigError
+
+#: CLI flags of ``run`` and the variables they override.
+_RUN_FLAGS: dict[str, tuple[str, str]] = {
+    "amqp_url": ("--amqp-url", "LOVENSE_AMQP_URL"),
+    "api_base": ("--api-base", "LOVENSE_API_BASE"),
+    "platform": ("--platform", "LOVENSE_PLATFORM"),
+    "lan_allow": ("--lan-allow", "LOVENSE_LAN_ALLOW"),
+    "lan_ca_file": ("--lan-ca-file", "LOVENSE_LAN_CA_FILE"),
+    "shards": ("--shards", "LOVENSE_SHARDS"),
+    "prefetch": ("--prefetch", "LOVENSE_PREFETCH"),
+    "metrics_port": ("--metrics-port", "LOVENSE_METRICS_PORT"),
+    "log_format": ("--log-format", "LOVENSE_LOG_FORMAT"),
+    "log_level": ("--log-level", "LOVENSE_LOG_LEVEL"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from worker.simulator import main as simulator_main
+
+    parser = argparse.ArgumentParser(
+        prog="lovense-worker",
+        description="Drive Lovense toys from RabbitMQ: consume commands, call Lovense, "
+        "publish one result per command.",
+    )
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+
+    run = sub.add_parser(
+        "run", help="run the worker",
+        description="Run the worker. Settings come from LOVENSE_* variables (see the README); "
+        "these flags override them.",
+    )
+    for _attr, (flag, env) in _RUN_FLAGS.items():
+        run.add_argument(flag, default=None, metavar=env, help=f"overrides {env}")
+    run.add_argument(
+        "--simulator", action="store_true",
+        help="start the built-in Lovense simulator in this process and use it "
+        "(what `make run` does without a developer token)",
+    )
+
+    simulate = sub.add_parser(
+        "simulate", help="run the Lovense simulator (server API and Remote apps)",
+        description="Run fakes of the Lovense server API and of Lovense Remote apps on loopback.",
+    )
+    simulator_main.add_arguments(simulate)
+
+    publish = sub.add_parser(
+        "publish", help="publish one command from a shell",
+        description="Publish one command message to lovense.commands; with --wait, print its "
+        "result and exit 0 when its status is ok, 1 when not, 3 on timeout.",
+    )
+    publish.add_argument("command", help='the command as JSON, e.g. \'{"command": "Function", '
+                         '"uid": "sim-user-1", "action": "Vibrate:5", "timeSec": 3}\' (- reads stdin)')
+    publish.add_argument("--amqp-url", default=None, metavar="LOVENSE_AMQP_URL")
+    publish.add_argument("--routing-key", default=None, help="default: the command's uid")
+    publish.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    publish.add_argument("--timeout", type=float, default=15.0, help="seconds to wait (15)")
+    return parser
+
+
+def _settings(args: argparse.Namespace, extra: dict[str, str] | None = None) -> Settings:
+    overrides: dict[str, str | None] = {
+        env: getattr(args, attr) for attr, (_flag, env) in _RUN_FLAGS.items()
+    }
+    overrides.update(extra or {})
+    return Settings.from_env(overrides=overrides)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from worker.app import serve
+
+    if not args.simulator:
+        settings = _settings(args)
+        _configure_logs(settings)
+        return await serve(settings)
+    from worker.simulator import SIMULATOR_TOKEN, Simulator
+
+    async with Simulator(token=SIMULATOR_TOKEN, verbose=True) as sim:
+        extra = {
+            "LOVENSE_API_BASE": sim.server_url,
+            "LOVENSE_DEVELOPER_TOKEN": SIMULATOR_TOKEN,
+            "LOVENSE_DEVELOPER_TOKEN_FILE": "",
+            "LOVENSE_LAN_CA_FILE": sim.ca_file,
+        }
+        if not os.environ.get("LOVENSE_LAN_ALLOW") and args.lan_allow is None:
+            extra["LOVENSE_LAN_ALLOW"] = "127.0.0.1/32"
+        settings = _settings(args, extra)
+        _configure_logs(settings)
+        app = sim.apps[0]
+        print(_banner(sim.server_url, app.uid, app.domain, app.https_port), file=sys.stderr)
+        return await serve(settings)
+
+
+def _banner(server_url: str, uid: str, domain: str, port: int) -> str:
+    lan = msgspec.json.encode({"domain": domain, "httpsPort": port}).decode()
+    return (
+        "\n  ============================================================\n"
+        "  SIMULATOR MODE: no LOVENSE_DEVELOPER_TOKEN is set, so nothing\n"
+        "  reaches Lovense. Commands go to the built-in simulator:\n"
+        f"    server API   {server_url}\n"
+        f"    Remote app   uid {uid}, lan {lan}\n"
+        "  Try, in another shell:\n"
+        "    .venv/bin/lovense-worker publish --wait \\\n"
+        f"      '{{\"command\": \"Function\", \"uid\": \"{uid}\", \"action\": \"Vibrate:5\", "
+        "\"timeSec\": 3}'\n"
+        "  ============================================================\n"
+    )
+
+
+def _configure_logs(settings: Settings) -> None:
+    logs.configure(
+        settings.log_format, settings.log_level,
+        secrets=(settings.developer_token.reveal(), settings.utoken_secret.reveal()),
+    )
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from worker.simulator import main as simulator_main
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await simulator_main.run(args)
+    return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    from worker.producer import Producer
+
+    raw = sys.stdin.buffer.read() if args.command == "-" else args.command.encode()
+    try:
+        command: Any = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        print(f"lovense-worker publish: the command is not valid JSON ({exc})", file=sys.stderr)
+        return 2
+    url = args.amqp_url or os.environ.get("LOVENSE_AMQP_URL", Settings().amqp_url)
+    async with Producer(url) as producer:
+        if not args.wait:
+            ident = await producer.publish(raw, routing_key=args.routing_key)
+            print(ident)
+            return 0
+        try:
+            result = await producer.call(raw, timeout=args.timeout, routing_key=args.routing_key)
+        except TimeoutError:
+            print(f"lovense-worker publish: no result within {args.timeout} s "
+                  "(is a worker running?)", file=sys.stderr)
+            return 3
+    del command
+    print(msgspec.json.format(msgspec.json.encode(result)).decode())
+    return 0 if result.status == "ok" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "simulate": _simulate, "publish": _publish}
+    try:
+        return asyncio.run(handlers[args.subcommand](args))
+    except ConfigError as exc:
+        print(f"lovense-worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Settings: every ``LOVENSE_*`` variable, parsed once at start-up into a frozen object.
+
+Nothing reads the environment or touches the disk at import time. A bad value
+raises :class:`~worker.errors.ConfigError` naming the variable; the CLI turns
+that into a one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from worker.errors import ConfigError
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret itself, for the one place that must send it."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One documented variable: its name, unit, default and meaning (the README table)."""
+
+    env: str
+    attr: str
+    default: str
+    unit: str
+    meaning: str
+    parse: Callable[[str], Any]
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _amqp_url(raw: str) -> str:
+    if not raw.startswith(("amqp://", "amqps://")):
+        raise ValueError("must be an amqp:// or amqps:// URL")
+    return raw
+
+
+def _networks(raw: str) -> Networks:
+    nets = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{part!r} is not a CIDR network ({exc})") from None
+    return tuple(nets)
+
+
+def _log_format(raw: str) -> str:
+    if raw not in ("json", "console"):
+        raise ValueError(f"must be json or console, got {raw!r}")
+    return raw
+
+
+def _existing_file(raw: str) -> Path | None:
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError(f"no readable file at {raw!r}")
+    return path
+
+
+def _platform(raw: str) -> str:
+    if not raw or any(ord(c) < 32 for c in raw):
+        raise ValueError("must be a non-empty header value")
+    return raw
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("LOVENSE_AMQP_URL", "amqp_url", "amqp://guest:guest@localhost:5672/", "URL",
+            "RabbitMQ to consume commands from and publish results to", _amqp_url),
+    Setting("LOVENSE_DEVELOPER_TOKEN", "developer_token", "", "secret",
+            "Lovense developer token for the server route; never logged", _text),
+    Setting("LOVENSE_DEVELOPER_TOKEN_FILE", "developer_token_file", "", "path",
+            "file holding the developer token (wins over LOVENSE_DEVELOPER_TOKEN)",
+            _existing_file),
+    Setting("LOVENSE_UTOKEN_SECRET", "utoken_secret", "", "secret",
+            "key of the per-user utoken, HMAC-SHA256(uid), sent with GetQrCode", _text),
+    Setting("LOVENSE_API_BASE", "api_base", "https://api.lovense-api.com", "URL",
+            "Lovense server API base; http://127.0.0.1:PORT for the simulator", _url),
+    Setting("LOVENSE_PLATFORM", "platform", "lovense-worker", "text",
+            "X-platform header on LAN calls (shown in Lovense Remote)", _platform),
+    Setting("LOVENSE_LAN_ALLOW", "lan_allow", "", "CIDR list",
+            "networks the LAN route may connect to; empty turns the LAN route off", _networks),
+    Setting("LOVENSE_LAN_CA_FILE", "lan_ca_file", "", "path",
+            "extra CA bundle trusted for LAN TLS, on top of the system roots", _existing_file),
+    Setting("LOVENSE_SHARDS", "shards", "4", "queues",
+            "number of command shard queues lovense.commands.N", _int_in(1, 1024)),
+    Setting("LOVENSE_PREFETCH", "prefetch", "256", "messages",
+            "unacked commands one process holds, split evenly over its shards",
+            _int_in(1, 65535)),
+    Setting("LOVENSE_METRICS_PORT", "metrics_port", "9464", "port",
+            "port of /metrics, /healthz and /readyz (0 turns the endpoint off)",
+            _int_in(0, 65535)),
+    Setting("LOVENSE_METRICS_HOST", "metrics_host", "0.0.0.0", "address",
+            "address the metrics and health endpoint binds to", _text),
+    Setting("LOVENSE_SHUTDOWN_GRACE_S", "shutdown_grace_s", "20", "s",
+            "on SIGTERM/SIGINT, how long calls in flight may finish before the worker exits",
+            _int_in(0, 3600)),
+    Setting("LOVENSE_LOG_FORMAT", "log_format", "", "json|console",
+            "log format; default console on a terminal, json otherwise", _log_format),
+    Setting("LOVENSE_LOG_LEVEL", "log_level", "info", "level",
+            "debug, info, warning or error", lambda raw: _choice(raw, LOG_LEVELS)),
+    Setting("LOVENSE_DEFAULT_TTL_MS", "default_ttl_ms", "10000", "ms",
+            "deadline of a command without ttlMs, from its publish time",
+            _int_in(1, 86_400_000)),
+    Setting("LOVENSE_SERVER_TIMEOUT_MS", "server_timeout_ms", "5000", "ms",
+            "timeout of one call to the Lovense server API", _int_in(1, 600_000)),
+    Setting("LOVENSE_LAN_TIMEOUT_MS", "lan_timeout_ms", "3000", "ms",
+            "timeout of one call to a Lovense Remote app on the LAN", _int_in(1, 600_000)),
+    Setting("LOVENSE_MAX_UIDS_PER_CALL", "max_uids_per_call", "50", "users",
+            "most users comma-joined into one server call", _int_in(1, 1000)),
+    Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
+            "most open HTTP connections per route", _int_in(1, 100_000)),
+)
+
+
+
+def _choice(raw: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The worker's configuration, read once at start-up."""
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    developer_token: Secret = field(default_factory=lambda: Secret(""))
+    utoken_secret: Secret = field(default_factory=lambda: Secret(""))
+    api_base: str = "https://api.lovense-api.com"
+    platform: str = "lovense-worker"
+    lan_allow: Networks = ()
+    lan_ca_file: Path | None = None
+    shards: int = 4
+    prefetch: int = 256
+    metrics_port: int = 9464
+    metrics_host: str = "0.0.0.0"
+    shutdown_grace_s: int = 20
+    log_format: str = "console"
+    log_level: str = "info"
+    default_ttl_ms: int = 10_000
+    server_timeout_ms: int = 5_000
+    lan_timeout_ms: int = 3_000
+    max_uids_per_call: int = 50
+    http_connections: int = 512
+
+    def __repr__(self) -> str:
+        # The AMQP URL may carry a password; the token is a Secret already.
+        fields = ", ".join(
+            f"{f.name}={_redact_url(getattr(self, f.name)) if f.name == 'amqp_url' else getattr(self, f.name)!r}"  # noqa: E501
+            for f in dataclasses.fields(self)
+        )
+        return f"Settings({fields})"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str | None] | None = None,
+    ) -> Settings:
+        """Build settings from ``LOVENSE_*`` variables, then CLI overrides keyed by variable."""
+        env = dict(os.environ if environ is None else environ)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                env[key] = value
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = env.get(setting.env, setting.default).strip()
+            if not raw and setting.env == "LOVENSE_LOG_FORMAT":
+                raw = "console" if sys.stderr.isatty() else "json"
+            try:
+                values[setting.attr] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}: {exc}") from None
+        token_file: Path | None = values.pop("developer_token_file")
+        token: str = values.pop("developer_token")
+        if token_file is not None:
+            token = token_file.read_text(encoding="utf-8").strip()
+            if not token:
+                raise ConfigError("LOVENSE_DEVELOPER_TOKEN_FILE: the file is empty")
+        values["utoken_secret"] = Secret(values["utoken_secret"])
+        return cls(developer_token=Secret(token), **values)
+
+    @property
+    def lan_enabled(self) -> bool:
+        """Return whether the LAN route may be used at all."""
+        return bool(self.lan_allow)
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

@@ -1,0 +1,176 @@
+"""The message contract: commands in, results out.
+
+Producers publish one JSON command per AMQP message to ``lovense.commands``;
+the worker publishes one JSON :class:`Result` per command identity to
+``lovense.results``. Field names are the Lovense docs' own, so an example can
+be copied from the docs (leaving out ``token``; the worker adds it).
+
+The Structs here are the contract: the JSON Schemas in ``schemas/`` are
+generated from them (``make schemas``). They check types and shapes only; the
+documented rules (ranges, grammars, route limits) live in :mod:`worker.rules`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Mode = Literal["auto", "lan", "server"]
+Status = Literal["ok", "failed", "invalid", "superseded", "expired", "dropped"]
+Via = Literal["lan", "server"]
+
+#: Commands that only the Lovense Remote app on the LAN understands.
+LAN_ONLY_COMMANDS: Final = frozenset({"PatternV2", "Position", "GetToys", "GetToyName"})
+#: Commands that only Lovense's server understands.
+SERVER_ONLY_COMMANDS: Final = frozenset({"GetQrCode"})
+
+NonEmptyStr = Annotated[str, Meta(min_length=1, max_length=256)]
+ToyId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class LanTarget(Struct, forbid_unknown_fields=True, frozen=True):
+    """The Lovense Remote app to call on the LAN, as its callback names it."""
+
+    domain: Annotated[str, Meta(max_length=253, description="e.g. 192-168-1-44.lovense.club")]
+    httpsPort: int
+
+
+class _Command(
+    Struct,
+    tag_field="command",
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    kw_only=True,
+):
+    """Fields every command shares: who, which toy, which route, which identity."""
+
+    uid: NonEmptyStr | None = None
+    uids: list[NonEmptyStr] | None = None
+    toy: ToyId | list[ToyId] | None = None
+    mode: Mode = "auto"
+    lan: LanTarget | None = None
+    id: NonEmptyStr | None = None
+
+    #: The fields of this command that go to Lovense unchanged (besides
+    #: ``command``, ``toy`` and ``apiVer``), in the docs' order.
+    lovense_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def kind(self) -> str:
+        """Return the command's name as the producer sent it (``Stop`` for the shorthand)."""
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+    @property
+    def targets(self) -> list[str]:
+        """Return the users this command is for."""
+        if self.uids is not None:
+            return self.uids
+        return [self.uid] if self.uid is not None else []
+
+
+class Function(_Command, tag="Function"):
+    action: Annotated[str, Meta(max_length=512)]
+    timeSec: float | None = None
+    loopRunningSec: float | None = None
+    loopPauseSec: float | None = None
+    stopPrevious: Literal[0, 1] | None = None
+    apiVer: Literal[1] = 1
+
+    lovense_fields = ("action", "timeSec", "loopRunningSec", "loopPauseSec", "stopPrevious")
+
+
+class Stop(_Command, tag="Stop"):
+    """Shorthand for ``Function`` with ``action: "Stop"``."""
+
+
+class Pattern(_Command, tag="Pattern"):
+    rule: Annotated[str, Meta(max_length=64)]
+    strength: Annotated[str, Meta(max_length=256)]
+    timeSec: float | None = None
+    apiVer: Literal[2] = 2
+
+    lovense_fields = ("rule", "strength", "timeSec")
+
+
+class PatternAction(Struct, forbid_unknown_fields=True, frozen=True):
+    ts: int
+    pos: int
+
+
+class PatternV2(_Command, tag="PatternV2"):
+    type: Literal["Setup", "Play", "Stop", "SyncTime", "InitPlay"]
+    actions: Annotated[list[PatternAction], Meta(max_length=100_000)] | None = None
+    startTime: int | None = None
+    offsetTime: int | None = None
+    timeMs: float | None = None
+    apiVer: Literal[1] = 1
+
+    lovense_fields = ("type", "actions", "startTime", "offsetTime", "timeMs")
+
+
+class Preset(_Command, tag="Preset"):
+    name: Annotated[str, Meta(max_length=64)]
+    timeSec: float | None = None
+    apiVer: Literal[1] = 1
+
+    lovense_fields = ("name", "timeSec")
+
+
+class Position(_Command, tag="Position"):
+    value: Annotated[str, Meta(max_length=8)] | int
+    apiVer: Literal[1] = 1
+
+    lovense_fields = ("value",)
+
+
+class GetToys(_Command, tag="GetToys"):
+    pass
+
+
+class GetToyName(_Command, tag="GetToyName"):
+    pass
+
+
+class GetQrCode(_Command, tag="GetQrCode"):
+    uname: Annotated[str, Meta(max_length=256)] | None = None
+    v: Literal[2] = 2
+
+
+Command = Function | Stop | Pattern | PatternV2 | Preset | Position | GetToys | GetToyName | GetQrCode
+
+COMMAND_NAMES: Final[frozenset[str]] = frozenset(
+    str(t.__struct_config__.tag)
+    for t in (Function, Stop, Pattern, PatternV2, Preset, Position, GetToys, GetToyName, GetQrCode)
+)
+
+
+class Result(Struct, kw_only=True):
+    """The one terminal answer to a command identity."""
+
+    id: str
+    command: str
+    uids: list[str]
+    status: Status
+    via: Via | None = None
+    code: int | None = None
+    message: str = ""
+    data: Any = None
+    attempts: int = 0
+    fallback: bool = False
+    redelivered: bool = False
+    supersededBy: str | None = None
+    failedUids: list[str] = msgspec.field(default_factory=list)
+    receivedAt: str = ""
+    completedAt: str = ""
+
+    @property
+    def routing_key(self) -> str:
+        """Return the ``lovense.results`` routing key, ``<status>.<command>``."""
+        return f"{self.status}.{self.command}"
+
+
+command_decoder: Final[msgspec.json.Decoder[Command]] = msgspec.json.Decoder(Command)
+result_decoder: Final = msgspec.json.Decoder(Result)
+encoder: Final = msgspec.json.Encoder()

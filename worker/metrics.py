@@ -1,0 +1,51 @@
+"""Prometheus metrics, in one explicit registry.
+
+Names are ``lovense_worker_<thing>_<unit|total>``; labels are low-cardinality
+(command names, routes, statuses, codes), never a uid.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Every metric the worker exports, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "lovense_worker_messages", "Commands finished, by command and status.",
+            ["command", "status"], registry=r,
+        )
+        self.upstream_requests = Counter(
+            "lovense_worker_upstream_requests",
+            "Calls to Lovense, by route, command and Lovense code (or an error kind).",
+            ["route", "command", "code"], registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "lovense_worker_upstream_seconds", "Duration of calls to Lovense.",
+            ["route", "command"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            "lovense_worker_inflight", "Commands received and not yet acknowledged.", registry=r,
+        )
+        self.config_errors = Counter(
+            "lovense_worker_config_errors",
+            "Lovense answers that mean the worker is misconfigured (501 invalid token, "
+            "502 no permission).", ["code"], registry=r,
+        )
+        self.dead_letters = Counter(
+            "lovense_worker_dead_letters", "Messages republished to lovense.dead, by reason kind.",
+            ["reason"], registry=r,
+        )
+        self.shards_consumed = Gauge(
+            "lovense_worker_shards_consumed", "Command shard queues this process consumes.",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
+        )

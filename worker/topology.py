@@ -1,0 +1,53 @@
+"""The RabbitMQ contract: exchange, queue and header names, and queue arguments.
+
+Names only, no I/O. Queue arguments are part of the contract too: RabbitMQ
+refuses to redeclare a queue with different arguments, so they change only
+with a migration note in the CHANGELOG.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+COMMANDS_EXCHANGE: Final = "lovense.commands"
+COMMANDS_QUEUE_PREFIX: Final = "lovense.commands."
+RESULTS_EXCHANGE: Final = "lovense.results"
+DEAD_EXCHANGE: Final = "lovense.dead"
+DEAD_QUEUE: Final = "lovense.dead"
+CALLBACKS_EXCHANGE: Final = "lovense.callbacks"
+
+#: Integer milliseconds since the epoch when the producer published the command.
+PUBLISHED_MS_HEADER: Final = "x-lovense-published-ms"
+#: Why the worker gave up on a message, on every message in ``lovense.dead``.
+ERROR_HEADER: Final = "x-lovense-error"
+
+#: The broker's own backstop against a message that keeps failing deliveries.
+#: Kept well above the worker's own give-up count (closed channels count as
+#: deliveries too, so a low limit dead-letters messages nobody ever handled).
+DELIVERY_LIMIT: Final = 20
+#: lovense.dead keeps at most this many messages; beyond it the oldest go.
+DEAD_MAX_LENGTH: Final = 1_000_000
+
+
+def shard_queue(index: int) -> str:
+    """Return the name of command shard queue ``index``."""
+    return f"{COMMANDS_QUEUE_PREFIX}{index}"
+
+
+def shard_arguments() -> dict[str, Any]:
+    """Return the arguments every command shard queue is declared with."""
+    return {
+        "x-queue-type": "quorum",
+        "x-single-active-consumer": True,
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+    }
+
+
+def dead_arguments() -> dict[str, Any]:
+    """Return the arguments the dead-letter queue is declared with."""
+    return {
+        "x-queue-type": "quorum",
+        "x-max-length": DEAD_MAX_LENGTH,
+        "x-overflow": "drop-head",
+    }
