@@ -15,7 +15,7 @@ import structlog
 
 from worker.broker import Broker
 from worker.config import Settings
-from worker.dispatch import Dispatcher, Upstream
+from worker.dispatch import Dispatcher
 from worker.handler import Handler
 from worker.health import HealthServer
 from worker.lovense import LovenseClient
@@ -31,17 +31,17 @@ class Worker:
         self,
         settings: Settings,
         *,
-        upstream: Upstream | None = None,
+        client: LovenseClient | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self._client = LovenseClient(settings) if upstream is None else None
-        dispatcher = Dispatcher(settings, upstream or self._client, self.metrics)  # type: ignore[arg-type]
+        self._client = client or LovenseClient(settings)
+        dispatcher = Dispatcher(settings, self._client, self.metrics)
         self.handler = Handler(dispatcher, self.metrics)
         self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics)
         self.health: HealthServer | None = None
-        if settings.metrics_port or settings.metrics_port == 0:
+        if settings.metrics_port:
             self.health = HealthServer(
                 self.metrics, lambda: self.broker.ready, settings.metrics_host,
                 settings.metrics_port,
@@ -67,8 +67,7 @@ class Worker:
         if left:
             log.warning("shutdown_grace_exceeded", unfinished=left)
         await self.broker.close()
-        if self._client is not None:
-            await self._client.aclose()
+        await self._client.aclose()
         if self.health is not None:
             await self.health.stop()
         log.info("worker_stopped")

@@ -71,6 +71,8 @@ class _Command(
 
 
 class Function(_Command, tag="Function"):
+    """Run toy functions: action like "Vibrate:16" or "Stroke:0-20,Thrusting:10" or "Stop"."""
+
     action: Annotated[str, Meta(max_length=512)]
     timeSec: float | None = None
     loopRunningSec: float | None = None
@@ -86,6 +88,8 @@ class Stop(_Command, tag="Stop"):
 
 
 class Pattern(_Command, tag="Pattern"):
+    """Play a pattern: rule "V:1;F:v,r;S:1000#" and up to 50 strengths 0–20 like "20;5;10"."""
+
     rule: Annotated[str, Meta(max_length=64)]
     strength: Annotated[str, Meta(max_length=256)]
     timeSec: float | None = None
@@ -95,11 +99,15 @@ class Pattern(_Command, tag="Pattern"):
 
 
 class PatternAction(Struct, forbid_unknown_fields=True, frozen=True):
+    """One PatternV2 point: position ``pos`` 0–100 at ``ts`` milliseconds."""
+
     ts: int
     pos: int
 
 
 class PatternV2(_Command, tag="PatternV2"):
+    """Set up, play, stop or time-sync a position pattern (LAN only)."""
+
     type: Literal["Setup", "Play", "Stop", "SyncTime", "InitPlay"]
     actions: Annotated[list[PatternAction], Meta(max_length=100_000)] | None = None
     startTime: int | None = None
@@ -111,6 +119,8 @@ class PatternV2(_Command, tag="PatternV2"):
 
 
 class Preset(_Command, tag="Preset"):
+    """Play a preset of the Remote app: pulse, wave, fireworks or earthquake."""
+
     name: Annotated[str, Meta(max_length=64)]
     timeSec: float | None = None
     apiVer: Literal[1] = 1
@@ -119,6 +129,8 @@ class Preset(_Command, tag="Preset"):
 
 
 class Position(_Command, tag="Position"):
+    """Move a stroker (Solace Pro) to a position 0–100 (LAN only)."""
+
     value: Annotated[str, Meta(max_length=8)] | int
     apiVer: Literal[1] = 1
 
@@ -126,14 +138,16 @@ class Position(_Command, tag="Position"):
 
 
 class GetToys(_Command, tag="GetToys"):
-    pass
+    """List the user's toys with what each can do (LAN only)."""
 
 
 class GetToyName(_Command, tag="GetToyName"):
-    pass
+    """List the names of the user's toys (LAN only)."""
 
 
 class GetQrCode(_Command, tag="GetQrCode"):
+    """Ask Lovense for the QR code that pairs a user's Lovense Remote app (server only)."""
+
     uname: Annotated[str, Meta(max_length=256)] | None = None
     v: Literal[2] = 2
 

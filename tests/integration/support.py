@@ -29,7 +29,7 @@ class ResultLog:
         self.routing_keys: dict[str, str] = {}
         self._changed = asyncio.Event()
 
-    def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
         result = result_decoder.decode(message.body)
         self.by_id[result.id] = result
         self.routing_keys[result.id] = message.routing_key or ""

@@ -49,6 +49,11 @@ LAN_EXAMPLES: dict[str, dict[str, Any]] = {
     "Position": {"command": "Position", "value": "50", "toy": "c1a7e0501234", "apiVer": 1},
 }
 
+# A pattern is played after it was set up, as a real client does.
+PRELUDES: dict[str, list[dict[str, Any]]] = {
+    "PatternV2 Play": [{**LAN_EXAMPLES["PatternV2 Setup"], "toy": "ff922f7fd345"}],
+}
+
 SERVER_EXAMPLES: dict[str, dict[str, Any]] = {
     "Function 1": {"token": DOCS_TOKEN, "uid": "1132fsdfsd", "command": "Function",
                    "action": "Vibrate:16", "timeSec": 20, "loopRunningSec": 9,
@@ -91,12 +96,14 @@ async def test_lan_example(
 ) -> None:
     """A docs LAN example reaches the Remote app byte-for-field as documented and comes back ok."""
     app = sim.apps[0]
+    target = {"uid": app.uid, "mode": "lan",
+              "lan": {"domain": app.domain, "httpsPort": app.https_port}}
+    for before in PRELUDES.get(name, []):
+        await _check_result(producer, results, {**before, **target}, "lan", 200)
     body = LAN_EXAMPLES[name]
-    message = {**body, "uid": app.uid, "mode": "lan",
-               "lan": {"domain": app.domain, "httpsPort": app.https_port}}
-    data = await _check_result(producer, results, message, "lan", 200)
+    data = await _check_result(producer, results, {**body, **target}, "lan", 200)
 
-    [seen] = [r for r in sim.requests if r.side == "lan"]
+    seen = [r for r in sim.requests if r.side == "lan"][-1]
     assert (seen.method, seen.path, seen.scheme, seen.app) == ("POST", "/command", "https", app.uid)
     assert seen.headers["x-platform"] == "lovense-worker"
     assert seen.headers["content-type"] == "application/json"

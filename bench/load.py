@@ -1,0 +1,238 @@
+"""Drive load through the real broker and measure what comes back on ``lovense.results``.
+
+:func:`prepare` declares the worker's topology (with the worker's own code, so
+queue arguments never drift) and the baseline's queue, checks that nobody else
+consumes them, and purges them. :func:`drive` publishes N commands as fast as
+a confirming publisher can, pipelined, while an exclusive queue bound to
+``lovense.results`` with ``#`` collects one result per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+
+from bench.procs import BenchError
+from worker import topology
+from worker.broker import declare
+
+BASELINE_QUEUE: Final = "bench.baseline"
+BATCH: Final = 500
+#: After the last expected result, how long to keep listening for duplicates.
+LINGER_S: Final = 0.5
+_decode = msgspec.json.Decoder().decode
+
+
+def baseline_arguments() -> dict[str, Any]:
+    """Return the arguments of the baseline's queue: durable quorum, like a shard."""
+    return {"x-queue-type": "quorum"}
+
+
+async def prepare(url: str, shards: int) -> None:
+    """Declare every queue the bench uses, refuse foreign consumers, and purge them."""
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-prep"})
+    async with connection:
+        channel = await connection.channel()
+        await declare(channel, shards)
+        names = [topology.shard_queue(i) for i in range(shards)]
+        await channel.declare_queue(BASELINE_QUEUE, durable=True, arguments=baseline_arguments())
+        names.append(BASELINE_QUEUE)
+        for name in names:
+            queue = await channel.declare_queue(name, passive=True)
+            declared = queue.declaration_result
+            if declared.consumer_count:
+                raise BenchError(
+                    f"queue {name} already has {declared.consumer_count} consumer(s): another "
+                    "worker or baseline is running and would take the bench's messages; stop it"
+                )
+            await queue.purge()
+
+
+@dataclass
+class Figures:
+    """What one run measured, from the bench's side."""
+
+    commands: int
+    results: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    strays: int = 0
+    missing: int = 0
+    elapsed_s: float = 0.0
+    publish_s: float = 0.0
+    commands_per_s: float = 0.0
+    publish_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether every command got exactly one result and every result is ok."""
+        return (
+            self.failure is None and self.missing == 0 and self.duplicates == 0
+            and self.by_status.get("ok", 0) == self.commands
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["ok"] = self.ok
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in data.items()}
+
+
+def percentile(sorted_values: list[float], share: float) -> float | None:
+    """Return the nearest-rank percentile (share in 0..1) of sorted values."""
+    if not sorted_values:
+        return None
+    rank = min(len(sorted_values), max(1, math.ceil(share * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+def command_body(uid: str) -> bytes:
+    """Return the JSON of the benchmark's command for ``uid``."""
+    return msgspec.json.encode(
+        {"command": "Function", "uid": uid, "action": "Vibrate:5", "timeSec": 3, "mode": "server"}
+    )
+
+
+class Collector:
+    """Collect results of one run's commands from an exclusive queue bound with ``#``."""
+
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = expected
+        self.received: dict[str, float] = {}  # id -> epoch ms when the result arrived
+        self.status: Counter[str] = Counter()
+        self.duplicates = 0
+        self.strays = 0
+        self.last_ms = 0.0
+        self.done = asyncio.Event()
+
+    def on_result(self, message: AbstractIncomingMessage) -> None:
+        now = time.time() * 1000
+        try:
+            result = _decode(message.body)
+            ident, status = result.get("id"), result.get("status")
+        except (msgspec.DecodeError, AttributeError):
+            ident, status = message.message_id, "undecodable"
+        if ident not in self.expected:
+            self.strays += 1
+            return
+        if ident in self.received:
+            self.duplicates += 1
+            return
+        self.received[ident] = now
+        self.status[str(status)] += 1
+        self.last_ms = now
+        if len(self.received) == len(self.expected):
+            self.done.set()
+
+
+async def _publish_all(
+    exchange: aio_pika.abc.AbstractExchange, routes: list[tuple[str, str, bytes]],
+    stamps: dict[str, int],
+) -> None:
+    """Publish every (id, routing key, body) in pipelined batches of BATCH, stamping each."""
+    for start in range(0, len(routes), BATCH):
+        sends = []
+        for ident, key, body in routes[start : start + BATCH]:
+            stamp = time.time_ns() // 1_000_000
+            stamps[ident] = stamp
+            message = aio_pika.Message(
+                body, content_type="application/json", message_id=ident,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={topology.PUBLISHED_MS_HEADER: stamp},
+            )
+            sends.append(exchange.publish(message, routing_key=key, mandatory=True))
+        await asyncio.gather(*sends)
+
+
+async def drive(
+    url: str, *, worker: bool, commands: int, tag: str, timeout: float,
+    watch: Callable[[], str | None],
+) -> Figures:
+    """Publish ``commands`` commands (to the worker's exchange or the baseline's queue).
+
+    ``watch`` is polled while waiting; a non-None answer (e.g. "worker exited")
+    aborts the run with that reason.
+    """
+    routes = []
+    for n in range(commands):
+        uid = f"bench-{n}"
+        key = uid if worker else BASELINE_QUEUE
+        routes.append((f"{tag}-{n}", key, command_body(uid)))
+    collector = Collector({ident for ident, _, _ in routes})
+    stamps: dict[str, int] = {}
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-load"})
+    async with connection:
+        listen = await connection.channel()
+        results = await listen.declare_queue(exclusive=True, auto_delete=True)
+        await results.bind(topology.RESULTS_EXCHANGE, routing_key="#")
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            collector.on_result(message)
+
+        await results.consume(on_message, no_ack=True)
+        publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        if worker:
+            exchange = await publish.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
+        else:
+            exchange = publish.default_exchange
+        started = time.time()
+        await _publish_all(exchange, routes, stamps)
+        published = time.time()
+        reason = await _wait(collector, started + timeout, watch)
+        await asyncio.sleep(LINGER_S)  # late duplicates count too
+    return _figures(collector, stamps, commands, started, published, reason)
+
+
+async def _wait(collector: Collector, deadline: float, watch: Callable[[], str | None]) -> str | None:
+    """Wait until every result is in; return why not (timeout, a child died) or None."""
+    while not collector.done.is_set():
+        problem = watch()
+        if problem is not None:
+            return problem
+        left = deadline - time.time()
+        if left <= 0:
+            return "timed out"
+        try:
+            await asyncio.wait_for(collector.done.wait(), min(left, 0.5))
+        except TimeoutError:
+            pass
+    return None
+
+
+def _figures(
+    collector: Collector, stamps: dict[str, int], commands: int, started: float,
+    published: float, reason: str | None,
+) -> Figures:
+    latencies = sorted(at - stamps[ident] for ident, at in collector.received.items())
+    elapsed = (collector.last_ms / 1000 - started) if collector.received else 0.0
+    figures = Figures(
+        commands=commands,
+        results=len(collector.received),
+        by_status=dict(sorted(collector.status.items())),
+        duplicates=collector.duplicates,
+        strays=collector.strays,
+        missing=commands - len(collector.received),
+        elapsed_s=elapsed,
+        publish_s=published - started,
+        commands_per_s=commands / elapsed if elapsed > 0 and reason is None else 0.0,
+        publish_per_s=commands / (published - started) if published > started else 0.0,
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else None,
+        failure=reason,
+    )
+    if reason is None and not figures.ok:
+        figures.failure = "not every command got exactly one ok result"
+    return figures

@@ -1,0 +1,715 @@
+"""The Lovense simulator over loopback sockets: both sides of the Standard API, faults, controls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from worker.simulator import SIMULATOR_TOKEN, AppSpec, RecordedRequest, Simulator, ToySpec
+from worker.simulator.main import add_arguments, run
+
+pytestmark = pytest.mark.integration
+
+NORA, MAX, SOLACE = "f082c00246fa", "ff922f7fd345", "c1a7e0501234"
+DOMAIN = "127-0-0-1.lovense.club"
+LAN_OK = {"code": 200, "type": "ok"}
+SERVER_OK = {"result": True, "code": 200, "message": "Success"}
+COMMAND = "/api/lan/v2/command"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """Yield a started simulator with the default app."""
+    async with Simulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def client(sim: Simulator) -> AsyncIterator[httpx.AsyncClient]:
+    """Yield an httpx client that trusts the simulator's CA."""
+    context = ssl.create_default_context(cafile=sim.ca_file)
+    async with httpx.AsyncClient(verify=context, timeout=5) as http:
+        yield http
+
+
+async def lan(
+    sim: Simulator, client: httpx.AsyncClient, body: dict[str, Any], *, https: bool = True
+) -> Any:
+    """POST a command to the default app as the docs do and return the JSON answer."""
+    app = sim.app("sim-user-1")
+    if https:
+        response = await client.post(
+            f"https://127.0.0.1:{app.https_port}/command",
+            json=body,
+            headers={"X-platform": "Test Platform"},
+            extensions={"sni_hostname": DOMAIN},
+        )
+    else:
+        response = await client.post(f"http://127.0.0.1:{app.http_port}/command", json=body)
+    assert response.status_code == 200
+    return response.json()
+
+
+async def server(sim: Simulator, client: httpx.AsyncClient, path: str, body: Any) -> Any:
+    """POST to the fake server API and return the JSON answer (always HTTP 200)."""
+    response = await client.post(sim.server_url + path, json=body)
+    assert response.status_code == 200
+    return response.json()
+
+
+# The docs' LAN request examples, each with the answer the docs show.
+LAN_EXAMPLES = [
+    {
+        "command": "Function",
+        "action": "Vibrate:16",
+        "timeSec": 20,
+        "loopRunningSec": 9,
+        "loopPauseSec": 4,
+        "toy": "ff922f7fd345",
+        "apiVer": 1,
+    },
+    {
+        "command": "Function",
+        "action": "Vibrate:2,Rotate:3,Pump:3",
+        "timeSec": 20,
+        "loopRunningSec": 9,
+        "loopPauseSec": 4,
+        "apiVer": 1,
+    },
+    {
+        "command": "Function",
+        "action": "Vibrate:2,All:10",
+        "timeSec": 20,
+        "loopRunningSec": 9,
+        "loopPauseSec": 4,
+        "apiVer": 1,
+    },
+    {"command": "Function", "action": "Stroke:0-20,Thrusting:10", "timeSec": 20, "apiVer": 1},
+    {"command": "Function", "action": "Stop", "timeSec": 0, "apiVer": 1},
+    {
+        "command": "Pattern",
+        "rule": "V:1;F:v;S:1000#",
+        "strength": "20;20;5;20;10",
+        "timeSec": 9,
+        "toy": "ff922f7fd345",
+        "apiVer": 2,
+    },
+    {
+        "command": "Pattern",
+        "rule": "V:1;F:v,r,p;S:100#",
+        "strength": "20;20;5;20;10",
+        "timeSec": 9,
+        "apiVer": 2,
+    },
+    {
+        "command": "PatternV2",
+        "type": "Setup",
+        "actions": [
+            {"ts": 0, "pos": 10},
+            {"ts": 100, "pos": 100},
+            {"ts": 200, "pos": 10},
+            {"ts": 400, "pos": 15},
+            {"ts": 800, "pos": 88},
+        ],
+        "apiVer": 1,
+    },
+    {"command": "PatternV2", "type": "Stop", "toy": "ff922f7fd345", "apiVer": 1},
+    {"command": "Preset", "name": "pulse", "timeSec": 9, "toy": "ff922f7fd345", "apiVer": 1},
+]
+TOKEN = "FE1TxWpTciAl4E2QfYEfPLvo2jf8V6WJWkLJtzLqv/nB2AMos9XuWzgQNrbXSi6n"
+# The docs' server request examples (their token replaced by the simulator's).
+SERVER_EXAMPLES = [
+    {
+        "token": TOKEN,
+        "uid": "1132fsdfsd",
+        "command": "Function",
+        "action": "Vibrate:16",
+        "timeSec": 20,
+        "loopRunningSec": 9,
+        "loopPauseSec": 4,
+        "apiVer": 1,
+    },
+    {
+        "token": TOKEN,
+        "uid": "1132fsdfsd",
+        "command": "Function",
+        "action": "Vibrate:2,Rotate:3,Pump:3",
+        "timeSec": 20,
+        "loopRunningSec": 9,
+        "loopPauseSec": 4,
+        "apiVer": 1,
+    },
+    {
+        "token": TOKEN,
+        "uid": "1ads22adsf",
+        "command": "Pattern",
+        "rule": "V:1;F:v;S:1000#",
+        "strength": "20;20;5;20;10",
+        "timeSec": 9,
+        "apiVer": 2,
+    },
+    {
+        "token": TOKEN,
+        "uid": "1ads22adsf",
+        "command": "Pattern",
+        "rule": "V:1;F:v,r,p;S:100#",
+        "strength": "20;20;5;20;10",
+        "timeSec": 9,
+        "apiVer": 2,
+    },
+    {
+        "token": TOKEN,
+        "uid": "1adsf2323",
+        "command": "Preset",
+        "name": "pulse",
+        "timeSec": 9,
+        "apiVer": 1,
+    },
+]
+
+
+@pytest.mark.parametrize("body", LAN_EXAMPLES, ids=lambda b: f"{b['command']}-{b.get('type', '')}")
+async def test_every_lan_example_gets_the_documented_answer(
+    sim: Simulator, client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    """Each LAN request example from the docs is answered {"code": 200, "type": "ok"}."""
+    assert await lan(sim, client, body) == LAN_OK
+
+
+async def test_lan_play_example_after_setup_plays_on_max(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """The docs' Play example, sent after their Setup example, plays the pattern on Max."""
+    play = {
+        "command": "PatternV2",
+        "type": "Play",
+        "toy": "ff922f7fd345",
+        "startTime": 100,
+        "offsetTime": 300,
+        "apiVer": 1,
+    }
+    answers = [await lan(sim, client, LAN_EXAMPLES[7]), await lan(sim, client, play)]
+    toy = sim.app("sim-user-1").toys[MAX]
+    assert answers == [LAN_OK, LAN_OK]
+    assert (toy.v2_actions[-1], toy.v2_playing, toy.v2_start_ms) == ((800, 88), True, 100)
+
+
+@pytest.mark.parametrize("body", SERVER_EXAMPLES, ids=lambda b: str(b["command"]))
+async def test_every_server_example_gets_the_documented_answer(
+    sim: Simulator, client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    """Each server request example from the docs is answered with result true, code 200."""
+    assert await server(sim, client, COMMAND, {**body, "token": SIMULATOR_TOKEN}) == SERVER_OK
+
+
+async def test_get_toys_toys_string_parses_to_the_toys(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """GetToys answers the docs' envelope whose toys field is a JSON string of every toy."""
+    answer = await lan(sim, client, {"command": "GetToys"})
+    toys = json.loads(answer["data"].pop("toys"))
+    assert answer == {"code": 200, "data": {"platform": "ios", "appType": "remote"}, "type": "OK"}
+    assert toys[SOLACE] == {
+        "id": SOLACE,
+        "status": "1",
+        "version": "",
+        "name": "solace pro",
+        "battery": 95,
+        "nickName": "",
+        "shortFunctionNames": ["t", "pos"],
+        "fullFunctionNames": ["Thrusting", "Position"],
+    }
+    assert list(toys) == [NORA, MAX, SOLACE]
+
+
+async def test_get_toy_name_answers_the_names(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """GetToyName answers every toy's name."""
+    answer = await lan(sim, client, {"command": "GetToyName"})
+    assert answer == {"code": 200, "data": ["Nora", "Max", "Solace Pro"], "type": "OK"}
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ({"command": "Dance"}, 400, "Invalid Command"),
+        (
+            {
+                "command": "Function",
+                "action": "Vibrate:1",
+                "timeSec": 0,
+                "apiVer": 1,
+                "toy": "nope",
+            },
+            401,
+            "Toy Not Found",
+        ),
+        (
+            {"command": "Function", "action": "Rotate:1", "timeSec": 0, "apiVer": 1, "toy": MAX},
+            403,
+            "Toy Doesn't Support This Command",
+        ),
+        (
+            {"command": "Position", "value": "10", "toy": NORA, "apiVer": 1},
+            403,
+            "Toy Doesn't Support This Command",
+        ),
+        (
+            {"command": "Function", "action": "Vibrate:21", "timeSec": 0, "apiVer": 1},
+            404,
+            "Invalid Parameter",
+        ),
+    ],
+)
+async def test_lan_errors_use_the_documented_shape(
+    sim: Simulator, client: httpx.AsyncClient, body: dict[str, Any], code: int, message: str
+) -> None:
+    """LAN refusals answer {"code", "type": "error", "message"} with the docs' messages."""
+    assert await lan(sim, client, body) == {"code": code, "type": "error", "message": message}
+
+
+async def test_lan_not_connected_toy_is_402() -> None:
+    """A toy switched off answers 402 Toy Not Connected."""
+    spec = AppSpec(uid="u1", toys=(ToySpec(id="a1", name="Lush", connected=False),))
+    async with Simulator(apps=[spec]) as simulator, httpx.AsyncClient() as http:
+        port = simulator.app("u1").http_port
+        body = {"command": "Preset", "name": "wave", "timeSec": 0, "toy": "a1", "apiVer": 1}
+        answer = (await http.post(f"http://127.0.0.1:{port}/command", json=body)).json()
+    assert answer == {"code": 402, "type": "error", "message": "Toy Not Connected"}
+
+
+async def test_lan_https_verifies_as_lovense_club_and_records_platform(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """HTTPS to 127.0.0.1 verifies as 127-0-0-1.lovense.club; X-platform and scheme are kept."""
+    await lan(sim, client, {"command": "GetToyName"})
+    request = sim.requests[0]
+    assert (request.side, request.app, request.scheme, request.method, request.path) == (
+        "lan",
+        "sim-user-1",
+        "https",
+        "POST",
+        "/command",
+    )
+    assert (request.headers["x-platform"], request.body, request.status) == (
+        "Test Platform",
+        {"command": "GetToyName"},
+        200,
+    )
+
+
+async def test_lan_https_fails_for_a_client_without_the_ca(sim: Simulator) -> None:
+    """A client trusting only the system CAs refuses the simulator's certificate."""
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.ConnectError) as info:
+            await http.post(
+                f"https://127.0.0.1:{sim.app('sim-user-1').https_port}/command",
+                json={"command": "GetToys"},
+                extensions={"sni_hostname": DOMAIN},
+            )
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
+
+
+async def test_lan_plain_http_answers_and_changes_the_toy(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """Plain HTTP serves /command too, and the toy takes the level."""
+    body = {"command": "Function", "action": "Vibrate:16", "timeSec": 20, "toy": MAX, "apiVer": 1}
+    assert await lan(sim, client, body, https=False) == LAN_OK
+    assert sim.app("sim-user-1").toys[MAX].levels == {"Vibrate": 16, "Pump": 0}
+    assert sim.requests[0].scheme == "http"
+
+
+async def test_lan_unknown_path_is_http_404(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """The app serves only /command."""
+    response = await client.post(f"http://127.0.0.1:{sim.app('sim-user-1').http_port}/GetToys")
+    assert (response.status_code, sim.requests) == (404, [])
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"token": "wrong"}, 501, "Invalid token"),
+        ({"uid": ""}, 503, "Invalid User ID"),
+        ({"uid": "a,,b"}, 503, "Invalid User ID"),
+        ({"uid": 5}, 503, "Invalid User ID"),
+        ({"command": "Vibrate"}, 400, "Invalid command"),
+        ({"action": "Vibrate:21"}, 404, "Invalid Parameter"),
+        ({"action": "All:5"}, 404, "Invalid Parameter"),
+        ({"apiVer": 2}, 404, "Invalid Parameter"),
+        ({"uid": "offline-user"}, 507, "Lovense APP is offline"),
+    ],
+)
+async def test_server_errors_in_the_documented_shape(
+    sim: Simulator, client: httpx.AsyncClient, change: dict[str, Any], code: int, message: str
+) -> None:
+    """Bad token 501, bad uid 503, unknown command 400, bad parameter 404, offline app 507."""
+    sim.offline_uids.add("offline-user")
+    body = {
+        "token": SIMULATOR_TOKEN,
+        "uid": "u1",
+        "command": "Function",
+        "action": "Vibrate:5",
+        "timeSec": 0,
+        "apiVer": 1,
+        **change,
+    }
+    answer = await server(sim, client, COMMAND, body)
+    assert answer == {"result": False, "code": code, "message": message}
+    assert sim.requests[0].status == code
+
+
+async def test_server_checks_token_before_everything(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """A body wrong in every way answers 501, the first check."""
+    answer = await server(sim, client, COMMAND, {"command": "Nope", "uid": ""})
+    assert answer == {"result": False, "code": 501, "message": "Invalid token"}
+
+
+async def test_server_accepts_form_bodies(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """A form-encoded command is read like JSON, and recorded as its fields."""
+    form = {
+        "token": SIMULATOR_TOKEN,
+        "uid": "u1",
+        "command": "Preset",
+        "name": "wave",
+        "timeSec": "9",
+        "apiVer": "1",
+    }
+    response = await client.post(sim.server_url + COMMAND, data=form)
+    assert (response.json(), sim.requests[0].body) == (SERVER_OK, form)
+
+
+async def test_server_relays_to_the_simulated_app(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """A server command for a simulated uid reaches that app's named toy only."""
+    body = {
+        "token": SIMULATOR_TOKEN,
+        "uid": "sim-user-1",
+        "command": "Function",
+        "action": "Vibrate:5",
+        "timeSec": 0,
+        "toy": NORA,
+        "apiVer": 1,
+    }
+    assert await server(sim, client, COMMAND, body) == SERVER_OK
+    toys = sim.app("sim-user-1").toys
+    assert (toys[NORA].levels["Vibrate"], toys[MAX].levels["Vibrate"]) == (5, 0)
+
+
+async def test_server_with_several_uids_ignores_toy(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """With comma-separated uids the toy parameter is ignored and every toy responds."""
+    body = {
+        "token": SIMULATOR_TOKEN,
+        "uid": "sim-user-1,elsewhere",
+        "command": "Function",
+        "action": "Vibrate:5",
+        "timeSec": 0,
+        "toy": NORA,
+        "apiVer": 1,
+    }
+    assert await server(sim, client, COMMAND, body) == SERVER_OK
+    assert sim.app("sim-user-1").toys[MAX].levels["Vibrate"] == 5
+
+
+async def test_get_qr_code_answers_and_feeds_the_callback(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """getQrCode answers code 0 with a QR URL and code; the callback echoes the utoken."""
+    body = {
+        "token": SIMULATOR_TOKEN,
+        "uid": "sim-user-1",
+        "uname": "Ann",
+        "utoken": "s3cr3t",
+        "v": 2,
+    }
+    answer = await server(sim, client, "/api/lan/getQrCode", body)
+    code = answer["data"]["code"]
+    assert answer == {
+        "code": 0,
+        "message": "Success",
+        "result": True,
+        "data": {"qr": f"{sim.server_url}/UploadFiles/qr/{code}.jpg", "code": code},
+    }
+    assert (len(code), code.isalnum(), sim.qr_requests["sim-user-1"]) == (6, True, body)
+    app = sim.app("sim-user-1")
+    callback = sim.callback_body("sim-user-1")
+    assert callback == {
+        "uid": "sim-user-1",
+        "appVersion": "7.76.0",
+        "toys": {
+            NORA: {"nickName": "", "name": "nora", "id": NORA, "status": 1},
+            MAX: {"nickName": "", "name": "max", "id": MAX, "status": 1},
+            SOLACE: {"nickName": "", "name": "solace pro", "id": SOLACE, "status": 1},
+        },
+        "wssPort": str(app.https_port),
+        "httpPort": str(app.http_port),
+        "wsPort": str(app.http_port),
+        "appType": "remote",
+        "domain": DOMAIN,
+        "utoken": "s3cr3t",
+        "httpsPort": str(app.https_port),
+        "version": "101",
+        "platform": "ios",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"token": "x"}, 501, "Invalid token"),
+        ({"uid": None}, 503, "Invalid User ID"),
+        ({"v": 1}, 404, "Invalid Parameter"),
+    ],
+)
+async def test_get_qr_code_errors(
+    sim: Simulator, client: httpx.AsyncClient, change: dict[str, Any], code: int, message: str
+) -> None:
+    """getQrCode checks the token, the uid and v=2."""
+    body = {"token": SIMULATOR_TOKEN, "uid": "u1", "uname": "n", "utoken": "t", "v": 2, **change}
+    answer = await server(sim, client, "/api/lan/getQrCode", body)
+    assert (answer, sim.qr_requests) == ({"result": False, "code": code, "message": message}, {})
+
+
+async def test_callback_without_qr_request_has_empty_utoken(sim: Simulator) -> None:
+    """An app whose uid never asked for a QR code calls back with utoken ""."""
+    assert sim.callback_body("sim-user-1")["utoken"] == ""
+
+
+async def test_server_unknown_path_is_http_404(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """Paths other than the two endpoints and the controls are HTTP 404, unrecorded."""
+    response = await client.post(sim.server_url + "/api/lan/v1/command", json={})
+    assert (response.status_code, sim.requests) == (404, [])
+
+
+async def test_delay_fault_answers_late(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """With delay_ms 150 the answer takes at least 150 ms and is otherwise unchanged."""
+    sim.set_faults(delay_ms=150)
+    started = time.monotonic()
+    answer = await lan(sim, client, {"command": "GetToyName"}, https=False)
+    assert (time.monotonic() - started >= 0.15, answer["code"]) == (True, 200)
+
+
+async def test_code_fault_answers_the_code_on_both_sides(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """With code 502 at share 1.0 the server and the app answer it and apply nothing."""
+    sim.set_faults(code=502)
+    body = {
+        "token": SIMULATOR_TOKEN,
+        "uid": "sim-user-1",
+        "command": "Function",
+        "action": "Vibrate:5",
+        "timeSec": 0,
+        "apiVer": 1,
+    }
+    server_answer = await server(sim, client, COMMAND, body)
+    lan_answer = await lan(sim, client, {**body, "toy": NORA})
+    assert server_answer == {
+        "result": False,
+        "code": 502,
+        "message": "You do not have permission to use this API",
+    }
+    assert lan_answer == {"code": 502, "type": "error", "message": "Error"}
+    assert sim.app("sim-user-1").toys[NORA].levels["Vibrate"] == 0
+    assert [r.status for r in sim.requests] == [502, 502]
+
+
+async def test_code_fault_share_half_hits_every_other_request(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """A share of 0.5 faults exactly the second and fourth of four requests."""
+    sim.set_faults(code=506, share=0.5)
+    answers = [await lan(sim, client, {"command": "GetToyName"}, https=False) for _ in range(4)]
+    assert [a["code"] for a in answers] == [200, 506, 200, 506]
+
+
+async def test_reset_fault_closes_without_answer(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """In reset mode the connection closes with no answer, and set_faults() clears it."""
+    sim.set_faults(mode="reset")
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.post(sim.server_url + COMMAND, json={"token": SIMULATOR_TOKEN})
+    sim.set_faults()
+    answer = await server(sim, client, COMMAND, {"token": "x"})
+    assert (answer["code"], [r.status for r in sim.requests]) == (501, [0, 501])
+
+
+async def test_reset_fault_on_https_leaves_the_client_without_answer(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """In reset mode an HTTPS call to the app fails with a transport error."""
+    sim.set_faults(mode="reset")
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        await lan(sim, client, {"command": "GetToys"})
+    assert sim.requests[0].status == 0
+
+
+async def test_hang_fault_never_answers(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """In hang mode the client times out; the request is recorded with status 0."""
+    sim.set_faults(mode="hang")
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post(sim.server_url + COMMAND, json={}, timeout=0.2)
+    assert [r.status for r in sim.requests] == [0]
+
+
+async def test_stop_ends_a_hanging_request_promptly() -> None:
+    """Stopping the simulator does not wait for a hanging request."""
+    simulator = Simulator()
+    await simulator.start()
+    simulator.set_faults(mode="hang")
+    async with httpx.AsyncClient() as http:
+        call = asyncio.ensure_future(http.post(simulator.server_url + COMMAND, json={}))
+        while not simulator.requests:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await simulator.stop()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await call
+    assert time.monotonic() - started < 1.0
+
+
+async def test_go_offline_refuses_and_go_online_restores_the_same_ports(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """An offline app refuses connections on both ports; back online it answers on the same ones."""
+    app = sim.app("sim-user-1")
+    ports = (app.https_port, app.http_port)
+    await lan(sim, client, {"command": "GetToyName"}, https=False)  # a kept-alive connection
+    await app.go_offline()
+    assert app.offline is True
+    with pytest.raises(httpx.ConnectError):
+        await lan(sim, client, {"command": "GetToyName"})
+    with pytest.raises(httpx.ConnectError):
+        await lan(sim, client, {"command": "GetToyName"}, https=False)
+    await app.go_online()
+    assert (app.offline, (app.https_port, app.http_port)) == (False, ports)
+    assert (await lan(sim, client, {"command": "GetToyName"}))["code"] == 200
+
+
+async def test_control_endpoints_read_and_steer_the_simulator(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """/_sim/* lists and clears requests, sets faults and offline uids, shows state, unrecorded."""
+    await server(sim, client, COMMAND, {"token": "x"})
+    listed = (await client.get(sim.server_url + "/_sim/requests")).json()
+    assert [(r["side"], r["path"], r["status"]) for r in listed] == [("server", COMMAND, 501)]
+    assert (await client.post(sim.server_url + "/_sim/clear")).json() == {"ok": True}
+    faults = await client.post(sim.server_url + "/_sim/faults", json={"code": 506, "share": 0.5})
+    assert faults.json() == {"delay_ms": 0, "code": 506, "share": 0.5, "mode": None}
+    offline = await client.post(sim.server_url + "/_sim/offline", json={"uids": ["a", "b"]})
+    assert (offline.json(), sim.offline_uids) == ({"offlineUids": ["a", "b"]}, {"a", "b"})
+    state = (await client.get(sim.server_url + "/_sim/state")).json()
+    app = state["apps"][0]
+    assert (state["offlineUids"], state["faults"]["code"], app["uid"], app["offline"]) == (
+        ["a", "b"],
+        506,
+        "sim-user-1",
+        False,
+    )
+    assert app["toys"][NORA]["levels"] == {"Vibrate": 0, "Rotate": 0}
+    callback = await client.get(sim.server_url + "/_sim/callback", params={"uid": "sim-user-1"})
+    assert callback.json() == sim.callback_body("sim-user-1")
+    assert sim.requests == []
+
+
+async def test_control_rejects_bad_settings(sim: Simulator, client: httpx.AsyncClient) -> None:
+    """A fault mode that does not exist is HTTP 400 and changes nothing."""
+    response = await client.post(sim.server_url + "/_sim/faults", json={"mode": "explode"})
+    assert response.status_code == 400
+    state = (await client.get(sim.server_url + "/_sim/state")).json()
+    assert state["faults"] == {"delay_ms": 0, "code": None, "share": 1.0, "mode": None}
+
+
+async def test_record_false_keeps_no_requests() -> None:
+    """With record=False nothing is journaled."""
+    async with Simulator(record=False) as simulator, httpx.AsyncClient() as http:
+        await http.post(simulator.server_url + COMMAND, json={})
+        assert simulator.requests == []
+
+
+async def test_verbose_prints_one_line_per_toy_change(capsys: pytest.CaptureFixture[str]) -> None:
+    """A verbose simulator prints "[uid] Toy: change" for each toy a command changes."""
+    async with Simulator(verbose=True) as simulator, httpx.AsyncClient() as http:
+        body = {
+            "command": "Function",
+            "action": "Vibrate:16",
+            "timeSec": 20,
+            "toy": MAX,
+            "apiVer": 1,
+        }
+        await http.post(
+            f"http://127.0.0.1:{simulator.app('sim-user-1').http_port}/command", json=body
+        )
+    assert capsys.readouterr().out == "[sim-user-1] Max: Vibrate 16 (20 s)\n"
+
+
+async def test_ca_dir_keeps_the_ca_file_and_a_temporary_one_is_removed(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A given ca_dir keeps its PEM after stop; the default temporary directory is removed."""
+    async with Simulator(ca_dir=str(tmp_path)) as kept:
+        assert kept.ca_file == str(tmp_path / "lovense-simulator-ca.pem")
+    async with Simulator() as temporary:
+        temporary_dir = os.path.dirname(temporary.ca_file)
+        assert os.path.isdir(temporary_dir) is True
+    pem = (tmp_path / "lovense-simulator-ca.pem").read_text()
+    assert (pem.startswith("-----BEGIN CERTIFICATE-----"), os.path.exists(temporary_dir)) == (
+        True,
+        False,
+    )
+
+
+async def test_non_loopback_host_is_refused() -> None:
+    """The simulator listens on loopback only."""
+    with pytest.raises(ValueError) as info:
+        Simulator(host="0.0.0.0")
+    assert str(info.value) == "host: 0.0.0.0 is not an IPv4 loopback address"
+
+
+async def test_cli_run_prints_ready_json_first_and_cleans_up_on_cancel(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """run() prints one simulator_ready JSON line first, serves, and closes on cancellation."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--server-port", "0", "--apps", "2", "--quiet"])
+    events: list[dict[str, Any]] = []
+    task = asyncio.ensure_future(run(args, ready=events.append))
+    while not events:
+        await asyncio.sleep(0.01)
+    event = events[0]
+    async with httpx.AsyncClient() as http:
+        state = (await http.get(event["serverUrl"] + "/_sim/state")).json()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0]) == event
+    assert (event["event"], event["token"], [a["uid"] for a in event["apps"]]) == (
+        "simulator_ready",
+        SIMULATOR_TOKEN,
+        ["sim-user-1", "sim-user-2"],
+    )
+    assert (event["apps"][0]["domain"], event["apps"][0]["toys"]) == (DOMAIN, [NORA, MAX, SOLACE])
+    assert [a["uid"] for a in state["apps"]] == ["sim-user-1", "sim-user-2"]
+    assert os.path.exists(event["caFile"]) is False
+
+
+def test_recorded_request_is_frozen() -> None:
+    """Recorded requests cannot be altered after the fact."""
+    request = RecordedRequest("server", None, "http", "POST", "/", {}, {}, 0, 200)
+    with pytest.raises(AttributeError):
+        request.status = 1  # type: ignore[misc]
