@@ -16,10 +16,10 @@ import structlog
 from worker.broker import Broker
 from worker.config import Settings
 from worker.dispatch import Dispatcher
-from worker.handler import Handler
 from worker.health import HealthServer
 from worker.lovense import LovenseClient
 from worker.metrics import Metrics
+from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.app")
 
@@ -38,7 +38,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self._client = client or LovenseClient(settings)
         dispatcher = Dispatcher(settings, self._client, self.metrics)
-        self.handler = Handler(dispatcher, self.metrics)
+        self.runtime = Runtime(settings, dispatcher, self.metrics)
         self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics)
         self.health: HealthServer | None = None
         if settings.metrics_port:
@@ -52,7 +52,11 @@ class Worker:
         if self.health is not None:
             await self.health.start()
         await self.broker.connect()
-        await self.broker.consume(self.handler.handle)
+        self.runtime.start()
+        self.runtime.announce_stop = self.broker.announce_stop
+        # Watermarks first: no command is taken before every Stop of the last hour is known.
+        await self.broker.follow_stop_log(self.runtime.remote_stop)
+        await self.broker.consume(self.runtime.handle)
         log.info(
             "worker_started", shards=self.settings.shards, api_base=self.settings.api_base,
             lan_route="on" if self.settings.lan_enabled else "off",
@@ -66,6 +70,7 @@ class Worker:
         left = await self.broker.drain(grace)
         if left:
             log.warning("shutdown_grace_exceeded", unfinished=left)
+        await self.runtime.close()
         await self.broker.close()
         await self._client.aclose()
         if self.health is not None:

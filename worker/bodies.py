@@ -22,8 +22,38 @@ def _number(value: float) -> float | int:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def command_fields(cmd: Command) -> dict[str, Any]:
-    """Return the Lovense fields of a command: ``command``, its own fields, ``toy``, ``apiVer``."""
+def stop_body(toys: list[str] | None) -> dict[str, Any]:
+    """Return the docs' Function Stop, for some toys or all."""
+    body: dict[str, Any] = {"command": "Function", "action": "Stop", "timeSec": 0}
+    if toys is not None:
+        body["toy"] = toys[0] if len(toys) == 1 else toys
+    body["apiVer"] = 1
+    return body
+
+
+def pattern_v2_stop_body(toys: list[str] | None) -> dict[str, Any]:
+    """Return the PatternV2 Stop that ends a position pattern's playback."""
+    body: dict[str, Any] = {"command": "PatternV2", "type": "Stop"}
+    if toys is not None:
+        body["toy"] = toys[0] if len(toys) == 1 else toys
+    body["apiVer"] = 1
+    return body
+
+
+def _cap_time(body: dict[str, Any], max_time_sec: int) -> None:
+    # A platform that loses track of a user must not leave a toy running for ever.
+    seconds = body.get("timeSec")
+    if max_time_sec and seconds is not None and body.get("action") != "Stop" and (
+        seconds == 0 or seconds > max_time_sec
+    ):
+        body["timeSec"] = max_time_sec
+
+
+def command_fields(cmd: Command, max_time_sec: int = 0) -> dict[str, Any]:
+    """Return the Lovense fields of a command: ``command``, its own fields, ``toy``, ``apiVer``.
+
+    With ``max_time_sec`` set, ``timeSec`` 0 and longer times are capped to it.
+    """
     if isinstance(cmd, Stop):
         body: dict[str, Any] = {"command": "Function", "action": "Stop", "timeSec": 0}
     else:
@@ -38,17 +68,20 @@ def command_fields(cmd: Command) -> dict[str, Any]:
         body["toy"] = cmd.toy
     if body["command"] not in _NO_API_VER:
         body["apiVer"] = getattr(cmd, "apiVer", 1)
+    _cap_time(body, max_time_sec)
     return body
 
 
-def lan_body(cmd: Command) -> dict[str, Any]:
+def lan_body(cmd: Command, max_time_sec: int = 0) -> dict[str, Any]:
     """Return the body POSTed to a Lovense Remote app's ``/command``."""
-    return command_fields(cmd)
+    return command_fields(cmd, max_time_sec)
 
 
-def server_body(cmd: Command, token: str, uids: list[str]) -> dict[str, Any]:
+def server_body(
+    cmd: Command, token: str, uids: list[str], max_time_sec: int = 0
+) -> dict[str, Any]:
     """Return the body POSTed to ``/api/lan/v2/command`` for these users."""
-    return {"token": token, "uid": ",".join(uids), **command_fields(cmd)}
+    return {"token": token, "uid": ",".join(uids), **command_fields(cmd, max_time_sec)}
 
 
 def utoken_for(uid: str, secret: str) -> str:

@@ -1,18 +1,22 @@
 """The broker shell: the only module of the worker that touches aio-pika.
 
-It declares the topology, consumes the shard queues, and decides in one place
-(:meth:`Broker._on_message`) what happens to each delivery: its result is
-published (to ``lovense.results`` and to ``reply_to``) with publisher confirms,
-a rejected message is republished to ``lovense.dead`` with ``x-lovense-error``,
-and only then is the delivery acked.
+It declares the topology, consumes the command shards and the Stop lane, follows
+the Stop log, and decides in one place (:meth:`Broker._settle`) what happens to
+each delivery: its result is published (to ``lovense.results`` and to
+``reply_to``) with publisher confirms, a rejected message is republished to
+``lovense.dead`` with ``x-lovense-error``, and only then is the delivery acked.
+
+The Stop lane has its own connection, so a Stop never queues behind command
+frames on a busy socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import structlog
@@ -26,13 +30,17 @@ from aio_pika.abc import (
 )
 
 from worker import topology
-from worker.handler import Delivery, Handled
 from worker.messages import Result, encoder
 from worker.metrics import Metrics
+from worker.results import Delivery, Handled, Lane
 
 log = structlog.get_logger("worker.broker")
 
 HandleFn = Callable[[Delivery], Awaitable[Handled]]
+StopLogFn = Callable[[Delivery], None]
+STOP_LANE_PREFETCH = 64
+STOP_LOG_PREFETCH = 1000
+REPLAY_TIMEOUT_S = 60.0
 
 
 async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractExchange]:
@@ -45,10 +53,20 @@ async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractEx
         topology.RESULTS_EXCHANGE, ExchangeType.TOPIC, durable=True
     )
     await channel.declare_exchange(topology.CALLBACKS_EXCHANGE, ExchangeType.FANOUT, durable=True)
+    stop = await channel.declare_exchange(topology.STOP_EXCHANGE, ExchangeType.FANOUT,
+                                          durable=True)
     dead_queue = await channel.declare_queue(
         topology.DEAD_QUEUE, durable=True, arguments=topology.dead_arguments()
     )
     await dead_queue.bind(dead, routing_key="")
+    stop_queue = await channel.declare_queue(
+        topology.STOP_QUEUE, durable=True, arguments=topology.shard_arguments()
+    )
+    await stop_queue.bind(stop, routing_key="")
+    stop_log = await channel.declare_queue(
+        topology.STOP_LOG, durable=True, arguments=topology.stop_log_arguments()
+    )
+    await stop_log.bind(stop, routing_key="")
     for index in range(shards):
         queue = await channel.declare_queue(
             topology.shard_queue(index), durable=True, arguments=topology.shard_arguments()
@@ -58,12 +76,18 @@ async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractEx
     return {"commands": commands, "dead": dead, "results": results}
 
 
-def _headers(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return dict(message.headers or {})
+def _delivery(message: AbstractIncomingMessage, lane: Lane) -> Delivery:
+    return Delivery(
+        body=message.body,
+        message_id=message.message_id,
+        headers=dict(message.headers or {}),
+        redelivered=bool(message.redelivered),
+        lane=lane,
+    )
 
 
 class Broker:
-    """Consume command shards and publish results, with one ack decision per delivery."""
+    """Consume command shards and the Stop lane, publish results, one ack decision each."""
 
     def __init__(self, url: str, shards: int, prefetch: int, metrics: Metrics) -> None:
         self._url = url
@@ -71,45 +95,88 @@ class Broker:
         self._per_shard = max(1, math.ceil(prefetch / shards))
         self._metrics = metrics
         self._connection: AbstractRobustConnection | None = None
+        self._stop_connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._results: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._handle: HandleFn | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._marker = uuid.uuid4().hex
+        self._replayed = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        """Return whether the broker is connected and consuming every shard."""
-        connection = self._connection
-        return (
-            connection is not None
-            and not connection.is_closed
-            and len(self._consumers) == self._shards
-        )
+        """Return whether the broker is connected and consuming every shard and the Stop lane."""
+        return all(
+            c is not None and not c.is_closed for c in (self._connection, self._stop_connection)
+        ) and len(self._consumers) == self._shards + 1
 
     async def connect(self) -> None:
         """Connect, open the publishing channel (with confirms) and declare the topology."""
         self._connection = await aio_pika.connect_robust(
             self._url, client_properties={"connection_name": "lovense-worker"}
         )
+        self._stop_connection = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": "lovense-worker-stop-lane"}
+        )
         self._publisher = await self._connection.channel(publisher_confirms=True)
         exchanges = await declare(self._publisher, self._shards)
         self._results, self._dead = exchanges["results"], exchanges["dead"]
         self._metrics.connected.set(1)
 
+    async def follow_stop_log(self, on_stop: StopLogFn) -> None:
+        """Replay the Stop log's last hour, then keep following it; return once caught up."""
+        assert self._stop_connection is not None and self._publisher is not None
+        channel = await self._stop_connection.channel()
+        await channel.set_qos(prefetch_count=STOP_LOG_PREFETCH)
+        queue = await channel.get_queue(topology.STOP_LOG, ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            headers = message.headers or {}
+            if topology.MARKER_HEADER in headers:
+                if headers[topology.MARKER_HEADER] == self._marker:
+                    self._replayed.set()
+            else:
+                on_stop(_delivery(message, "stop"))
+            await message.ack()
+
+        since = datetime.now(UTC) - timedelta(seconds=topology.STOP_LOG_REPLAY_S)
+        await queue.consume(on_message, arguments={"x-stream-offset": since})
+        await self._publisher.default_exchange.publish(
+            aio_pika.Message(b"", headers={topology.MARKER_HEADER: self._marker}),
+            routing_key=topology.STOP_LOG,
+        )
+        await asyncio.wait_for(self._replayed.wait(), REPLAY_TIMEOUT_S)
+        log.info("stop_log_replayed")
+
     async def consume(self, handle: HandleFn) -> None:
-        """Start consuming every shard queue, one channel and prefetch window per shard."""
-        assert self._connection is not None, "connect() first"
+        """Consume the Stop lane and every shard queue, one channel and prefetch window each."""
+        assert self._connection is not None and self._stop_connection is not None
         self._handle = handle
+        stop_channel = await self._stop_connection.channel()
+        await stop_channel.set_qos(prefetch_count=STOP_LANE_PREFETCH)
+        stop_queue = await stop_channel.get_queue(topology.STOP_QUEUE, ensure=False)
+        tag = await stop_queue.consume(self._on_stop)
+        self._consumers.append((stop_queue, tag))
         for index in range(self._shards):
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=self._per_shard)
             queue = await channel.get_queue(topology.shard_queue(index), ensure=False)
-            tag = await queue.consume(self._on_message)
+            tag = await queue.consume(self._on_command)
             self._consumers.append((queue, tag))
-        self._metrics.shards_consumed.set(len(self._consumers))
+        self._metrics.shards_consumed.set(self._shards)
         log.info("consuming_started", shards=self._shards, prefetch_per_shard=self._per_shard)
+
+    async def announce_stop(self, delivery: Delivery) -> None:
+        """Append a Stop that arrived on lovense.commands to the Stop log for every replica."""
+        assert self._publisher is not None
+        await self._publisher.default_exchange.publish(
+            aio_pika.Message(delivery.body, headers=dict(delivery.headers or {}),
+                             message_id=delivery.message_id,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=topology.STOP_LOG,
+        )
 
     async def stop_consuming(self) -> None:
         """Cancel every consumer; deliveries already taken go on to completion."""
@@ -128,24 +195,25 @@ class Broker:
         return len(self._inflight)
 
     async def close(self) -> None:
-        """Close the connection (unacked deliveries return to their queues)."""
-        if self._connection is not None:
-            await self._connection.close()
+        """Close the connections (unacked deliveries return to their queues)."""
+        for connection in (self._stop_connection, self._connection):
+            if connection is not None:
+                await connection.close()
         self._metrics.connected.set(0)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_command(self, message: AbstractIncomingMessage) -> None:
+        await self._process(message, "commands")
+
+    async def _on_stop(self, message: AbstractIncomingMessage) -> None:
+        await self._process(message, "stop")
+
+    async def _process(self, message: AbstractIncomingMessage, lane: Lane) -> None:
         task = asyncio.current_task()
         assert task is not None and self._handle is not None
         self._inflight.add(task)
         self._metrics.inflight.inc()
         try:
-            delivery = Delivery(
-                body=message.body,
-                message_id=message.message_id,
-                headers=_headers(message),
-                redelivered=bool(message.redelivered),
-            )
-            handled = await self._handle(delivery)
+            handled = await self._handle(_delivery(message, lane))
             await self._settle(message, handled)
         finally:
             self._metrics.inflight.dec()
@@ -183,7 +251,7 @@ class Broker:
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         assert self._dead is not None
-        headers = _headers(message)
+        headers = dict(message.headers or {})
         headers[topology.ERROR_HEADER] = reason[:1024]
         await self._dead.publish(
             aio_pika.Message(

@@ -66,8 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Publish one command message to lovense.commands; with --wait, print its "
         "result and exit 0 when its status is ok, 1 when not, 3 on timeout.",
     )
-    publish.add_argument("command", help='the command as JSON, e.g. \'{"command": "Function", '
-                         '"uid": "sim-user-1", "action": "Vibrate:5", "timeSec": 3}\' (- reads stdin)')
+    publish.add_argument(
+        "command",
+        help='the command as JSON, e.g. \'{"command": "Function", "uid": "sim-user-1", '
+        '"action": "Vibrate:5", "timeSec": 3}\' (- reads stdin)',
+    )
     publish.add_argument("--amqp-url", default=None, metavar="LOVENSE_AMQP_URL")
     publish.add_argument("--routing-key", default=None, help="default: the command's uid")
     publish.add_argument("--wait", action="store_true", help="wait for the result and print it")

@@ -75,6 +75,19 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, got {value:g}")
+        return value
+
+    return parse
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -168,6 +181,30 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "timeout of one call to a Lovense Remote app on the LAN", _int_in(1, 600_000)),
     Setting("LOVENSE_MAX_UIDS_PER_CALL", "max_uids_per_call", "50", "users",
             "most users comma-joined into one server call", _int_in(1, 1000)),
+    Setting("LOVENSE_KEY_QUEUE", "key_queue", "16", "commands",
+            "stopPrevious 0 commands kept per (uid, toy) key; overflow drops the oldest",
+            _int_in(1, 10_000)),
+    Setting("LOVENSE_SERVER_RATE", "server_rate", "2", "calls/s",
+            "per-uid rate of calls on the server route", _float_in(0.01, 10_000)),
+    Setting("LOVENSE_SERVER_BURST", "server_burst", "4", "calls",
+            "per-uid burst of calls on the server route", _int_in(1, 10_000)),
+    Setting("LOVENSE_LAN_RATE", "lan_rate", "10", "calls/s",
+            "per-uid rate of calls on the LAN route", _float_in(0.01, 10_000)),
+    Setting("LOVENSE_LAN_BURST", "lan_burst", "10", "calls",
+            "per-uid burst of calls on the LAN route", _int_in(1, 10_000)),
+    Setting("LOVENSE_SERVER_MAX_RPS", "server_max_rps", "100", "calls/s",
+            "cap on server-route calls per worker process (size it as the account's limit "
+            "divided by the replicas)", _float_in(0.1, 1_000_000)),
+    Setting("LOVENSE_BATCH_WINDOW_MS", "batch_window_ms", "20", "ms",
+            "identical commands for different users arriving within this window share one "
+            "server call (0 turns merging off)", _int_in(0, 10_000)),
+    Setting("LOVENSE_LAN_FANOUT", "lan_fanout", "100", "calls",
+            "most concurrent LAN calls of one multi-user message", _int_in(1, 100_000)),
+    Setting("LOVENSE_MAX_TIME_SEC", "max_time_sec", "0", "s",
+            "when set, timeSec 0 (until stopped) and longer times are capped to it; 0 = off",
+            _int_in(0, 86_400)),
+    Setting("LOVENSE_STOP_RETRY_S", "stop_retry_s", "30", "s",
+            "how long a Stop keeps retrying before its result is failed", _int_in(0, 3600)),
     Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
             "most open HTTP connections per route", _int_in(1, 100_000)),
 )
@@ -202,6 +239,16 @@ class Settings:
     server_timeout_ms: int = 5_000
     lan_timeout_ms: int = 3_000
     max_uids_per_call: int = 50
+    key_queue: int = 16
+    server_rate: float = 2.0
+    server_burst: int = 4
+    lan_rate: float = 10.0
+    lan_burst: int = 10
+    server_max_rps: float = 100.0
+    batch_window_ms: int = 20
+    lan_fanout: int = 100
+    max_time_sec: int = 0
+    stop_retry_s: int = 30
     http_connections: int = 512
 
     def __repr__(self) -> str:

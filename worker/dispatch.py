@@ -1,15 +1,17 @@
-"""Dispatch: carry one validated command to Lovense by the right route and say what happened.
+"""Dispatch: plan a command's route and make single calls to Lovense, each ending in an Outcome.
 
-Route choice is a pure function (:func:`choose_route`); the calls go through an
+Route choice is a pure function (:func:`choose_route`); calls go through an
 injected :class:`Upstream` (the real one is :class:`worker.lovense.LovenseClient`),
-so this module never touches a socket itself.
+so this module never touches a socket itself. What is sent when is the
+scheduler's business (:mod:`worker.runtime`); this module carries one call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
@@ -26,6 +28,8 @@ from worker.metrics import Metrics
 
 Route = Literal["lan", "server"]
 QR_LIFETIME: Final = timedelta(hours=4)
+#: Codes a Stop does not retry: the request itself is wrong or not allowed.
+_STOP_FINAL_CODES: Final = frozenset({400, 401, 402, 403, 404, 501, 502, 503})
 
 
 class Upstream(Protocol):
@@ -38,7 +42,7 @@ class Upstream(Protocol):
 
 @dataclass(slots=True)
 class Outcome:
-    """The part of a result that dispatch decides."""
+    """What happened to (part of) a command: the fields of a result that dispatch decides."""
 
     status: Status
     message: str
@@ -48,6 +52,14 @@ class Outcome:
     attempts: int = 0
     fallback: bool = False
     failed_uids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How one user's share of a command travels: the route and, on the LAN, the address."""
+
+    route: Route
+    address: LanAddress | None = None
 
 
 def choose_route(cmd: Command, endpoint: LanTarget | None) -> Route | Outcome:
@@ -71,10 +83,6 @@ def choose_route(cmd: Command, endpoint: LanTarget | None) -> Route | Outcome:
     return "server"
 
 
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 _toys_decoder: Final = msgspec.json.Decoder()
 
 
@@ -93,8 +101,14 @@ def shape_data(cmd: Command, reply: Reply, now: datetime) -> Any:
     return data
 
 
+def stop_backoff_s(attempt: int, *, base: float = 0.1, cap: float = 2.0,
+                   rand: Callable[[], float] = random.random) -> float:
+    """Return the jittered exponential delay before retry ``attempt`` (1-based) of a Stop."""
+    return float(min(cap, base * 2 ** (attempt - 1)) * (0.5 + rand() / 2))
+
+
 class Dispatcher:
-    """Send commands to Lovense and turn what happens into an Outcome."""
+    """Plan routes and carry single calls to Lovense, turning what happens into Outcomes."""
 
     def __init__(
         self,
@@ -109,106 +123,120 @@ class Dispatcher:
         self._metrics = metrics
         self._now = now
 
-    def endpoint_for(self, cmd: Command) -> LanTarget | None:
-        """Return the LAN app to call for a single-user command, if one is known."""
+    def endpoint_for(self, cmd: Command, uid: str) -> LanTarget | None:
+        """Return the LAN app to call for this user, if one is known."""
         return cmd.lan
 
-    async def run(self, cmd: Command) -> Outcome:
-        """Carry a validated command to Lovense and return what happened."""
-        endpoint = self.endpoint_for(cmd)
+    def plan(self, cmd: Command, endpoint: LanTarget | None) -> Plan | Outcome:
+        """Return how a share travels given its LAN endpoint, or the Outcome that ends it unsent."""
         route = choose_route(cmd, endpoint)
         if isinstance(route, Outcome):
             return route
         try:
             if route == "lan":
                 assert endpoint is not None
-                address = open_door(endpoint.domain, endpoint.httpsPort, self._settings.lan_allow)
-                return await self._lan(cmd, address)
+                return Plan("lan", open_door(endpoint.domain, endpoint.httpsPort,
+                                             self._settings.lan_allow))
             rules.check_route(cmd, "server")
-            return await self._server(cmd)
         except InvalidCommand as exc:
             return Outcome(status="invalid", message=str(exc))
         except NotDelivered as exc:
             return Outcome(status="failed", via=route, message=str(exc))
-
-    async def _call(self, route: Route, cmd: Command, call: Any) -> Reply:
-        start = time.perf_counter()
-        try:
-            reply: Reply = await call
-        except UpstreamError as exc:
-            kind = "not_delivered" if isinstance(exc, NotDelivered) else "maybe_delivered"
-            self._metrics.upstream_requests.labels(route, cmd.kind, kind).inc()
-            raise
-        finally:
-            self._metrics.upstream_seconds.labels(route, cmd.kind).observe(
-                time.perf_counter() - start
-            )
-        self._metrics.upstream_requests.labels(route, cmd.kind, str(reply.code)).inc()
-        if reply.code in codes.CONFIG_ERRORS and route == "server":
-            self._metrics.config_errors.labels(str(reply.code)).inc()
-        return reply
-
-    async def _lan(self, cmd: Command, address: LanAddress) -> Outcome:
-        try:
-            reply = await self._call("lan", cmd, self._upstream.lan(address, bodies.lan_body(cmd)))
-            return self._from_reply(cmd, reply, "lan")
-        except MaybeDelivered as exc:
-            return Outcome(status="failed", via="lan", message=str(exc), attempts=1)
-        except NotDelivered as exc:
-            return Outcome(status="failed", via="lan", message=str(exc), attempts=1)
-
-    def _from_reply(self, cmd: Command, reply: Reply, via: Via) -> Outcome:
-        if not reply.ok:
-            return Outcome(status="failed", via=via, code=reply.code, message=reply.message,
-                           attempts=1)
-        data = shape_data(cmd, reply, self._now())
-        return Outcome(status="ok", via=via, code=reply.code, message=reply.message, data=data,
-                       attempts=1)
-
-    async def _server(self, cmd: Command) -> Outcome:
-        token = self._settings.developer_token.reveal()
-        if not token:
+        if not self._settings.developer_token:
             return Outcome(
                 status="failed", via="server",
                 message="no Lovense developer token is configured (set LOVENSE_DEVELOPER_TOKEN "
                 "or LOVENSE_DEVELOPER_TOKEN_FILE)",
             )
-        if isinstance(cmd, GetQrCode):
-            utoken = bodies.utoken_for(cmd.targets[0], self._settings.utoken_secret.reveal())
-            body = bodies.qr_body(cmd, token, utoken)
-            try:
-                reply = await self._call("server", cmd, self._upstream.server(SERVER_QR_PATH, body))
-                return self._from_reply(cmd, reply, "server")
-            except UpstreamError as exc:
-                return Outcome(status="failed", via="server", message=str(exc), attempts=1)
-        groups = _chunks(cmd.targets, self._settings.max_uids_per_call)
-        outcomes = await asyncio.gather(*(self._server_group(cmd, token, g) for g in groups))
-        return _merge(cmd, groups, list(outcomes))
+        return Plan("server")
 
-    async def _server_group(self, cmd: Command, token: str, uids: list[str]) -> Outcome:
-        body = bodies.server_body(cmd, token, uids)
+    async def _call(self, route: Route, command: str, call: Awaitable[Reply]) -> Reply:
+        start = time.perf_counter()
         try:
-            reply = await self._call("server", cmd, self._upstream.server(SERVER_COMMAND_PATH, body))
+            reply = await call
+        except UpstreamError as exc:
+            kind = "not_delivered" if isinstance(exc, NotDelivered) else "maybe_delivered"
+            self._metrics.upstream_requests.labels(route, command, kind).inc()
+            raise
+        finally:
+            self._metrics.upstream_seconds.labels(route, command).observe(
+                time.perf_counter() - start
+            )
+        self._metrics.upstream_requests.labels(route, command, str(reply.code)).inc()
+        if reply.code in codes.CONFIG_ERRORS and route == "server":
+            self._metrics.config_errors.labels(str(reply.code)).inc()
+        return reply
+
+    def _from_reply(self, cmd: Command, reply: Reply, via: Via) -> Outcome:
+        if not reply.ok:
+            return Outcome(status="failed", via=via, code=reply.code, message=reply.message,
+                           attempts=1)
+        try:
+            data = shape_data(cmd, reply, self._now())
+        except MaybeDelivered as exc:
+            return Outcome(status="failed", via=via, code=reply.code, message=str(exc),
+                           attempts=1)
+        return Outcome(status="ok", via=via, code=reply.code, message=reply.message, data=data,
+                       attempts=1)
+
+    async def lan(self, cmd: Command, address: LanAddress) -> Outcome:
+        """Send a command to one user's Remote app."""
+        body = bodies.lan_body(cmd, self._settings.max_time_sec)
+        try:
+            reply = await self._call("lan", cmd.kind, self._upstream.lan(address, body))
+        except UpstreamError as exc:
+            return Outcome(status="failed", via="lan", message=str(exc), attempts=1)
+        return self._from_reply(cmd, reply, "lan")
+
+    async def server(self, cmd: Command, uids: list[str]) -> Outcome:
+        """Send a command for these users (at most LOVENSE_MAX_UIDS_PER_CALL) in one call."""
+        token = self._settings.developer_token.reveal()
+        if isinstance(cmd, GetQrCode):
+            utoken = bodies.utoken_for(uids[0], self._settings.utoken_secret.reveal())
+            path, body = SERVER_QR_PATH, bodies.qr_body(cmd, token, utoken)
+        else:
+            path = SERVER_COMMAND_PATH
+            body = bodies.server_body(cmd, token, uids, self._settings.max_time_sec)
+        try:
+            reply = await self._call("server", cmd.kind, self._upstream.server(path, body))
         except UpstreamError as exc:
             return Outcome(status="failed", via="server", message=str(exc), attempts=1)
         return self._from_reply(cmd, reply, "server")
 
+    async def stop(self, uid: str, toys: list[str] | None, plan: Plan,
+                   give_up_at: float) -> Outcome:
+        """Send a Stop on one route, retrying (jittered backoff) until it lands or time is up.
 
-def _merge(cmd: Command, groups: list[list[str]], outcomes: list[Outcome]) -> Outcome:
-    """Fold the outcomes of one message's server calls into one."""
-    if len(outcomes) == 1:
-        return outcomes[0]
-    failed = [uid for group, o in zip(groups, outcomes, strict=True) if o.status != "ok"
-              for uid in group]
-    attempts = sum(o.attempts for o in outcomes)
-    if not failed:
-        return Outcome(status="ok", via="server", code=outcomes[0].code,
-                       message=outcomes[0].message, attempts=attempts)
-    first = next(o for o in outcomes if o.status != "ok")
-    partial = len(failed) < len(cmd.targets)
-    return Outcome(
-        status="failed", via="server", code=first.code, attempts=attempts,
-        message=(f"{len(failed)} of {len(cmd.targets)} users failed: {first.message}"
-                 if partial else first.message),
-        failed_uids=failed if partial else [],
-    )
+        On the LAN a PatternV2 Stop follows the Function Stop, so a playing
+        position pattern ends too.
+        """
+        attempts, last = 0, Outcome(status="failed", via=plan.route, message="not sent")
+        while True:
+            attempts += 1
+            last = await self._stop_once(uid, toys, plan)
+            if last.status == "ok" or last.code in _STOP_FINAL_CODES:
+                break
+            delay = stop_backoff_s(attempts)
+            if time.monotonic() + delay >= give_up_at:
+                break
+            await asyncio.sleep(delay)
+        last.attempts = attempts
+        return last
+
+    async def _stop_once(self, uid: str, toys: list[str] | None, plan: Plan) -> Outcome:
+        body = bodies.stop_body(toys)
+        if plan.route == "server":
+            body = {"token": self._settings.developer_token.reveal(), "uid": uid, **body}
+            call: Awaitable[Reply] = self._upstream.server(SERVER_COMMAND_PATH, body)
+        else:
+            assert plan.address is not None
+            call = self._upstream.lan(plan.address, body)
+        try:
+            reply = await self._call(plan.route, "Stop", call)
+            if reply.ok and plan.address is not None:
+                v2 = bodies.pattern_v2_stop_body(toys)
+                await self._call("lan", "PatternV2", self._upstream.lan(plan.address, v2))
+        except UpstreamError as exc:
+            return Outcome(status="failed", via=plan.route, message=str(exc))
+        return Outcome(status="ok" if reply.ok else "failed", via=plan.route, code=reply.code,
+                       message=reply.message)

@@ -93,7 +93,9 @@ def parse_reply(route: Route, status: int, content: bytes) -> Reply:
         body = _decode(content)
     except msgspec.DecodeError:
         snippet = content[:80].decode("utf-8", "replace")
-        raise MaybeDelivered(f"{where} answered with something that is not JSON: {snippet!r}")
+        raise MaybeDelivered(
+            f"{where} answered with something that is not JSON: {snippet!r}"
+        ) from None
     if not isinstance(body, dict):
         raise MaybeDelivered(f"{where} answered JSON that is not an object")
     code = body.get("code")

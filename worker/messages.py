@@ -52,6 +52,7 @@ class _Command(
     mode: Mode = "auto"
     lan: LanTarget | None = None
     id: NonEmptyStr | None = None
+    ttlMs: int | None = None
 
     #: The fields of this command that go to Lovense unchanged (besides
     #: ``command``, ``toy`` and ``apiVer``), in the docs' order.
@@ -152,7 +153,9 @@ class GetQrCode(_Command, tag="GetQrCode"):
     v: Literal[2] = 2
 
 
-Command = Function | Stop | Pattern | PatternV2 | Preset | Position | GetToys | GetToyName | GetQrCode
+Command = (
+    Function | Stop | Pattern | PatternV2 | Preset | Position | GetToys | GetToyName | GetQrCode
+)
 
 COMMAND_NAMES: Final[frozenset[str]] = frozenset(
     str(t.__struct_config__.tag)

@@ -46,6 +46,30 @@ class Metrics:
             "lovense_worker_shards_consumed", "Command shard queues this process consumes.",
             registry=r,
         )
+        self.coalesced = Counter(
+            "lovense_worker_coalesced", "Commands superseded before they were sent.",
+            ["command"], registry=r,
+        )
+        self.rate_limit_wait = Histogram(
+            "lovense_worker_rate_limit_wait_seconds",
+            "Time from a command's arrival to its call being released, by route.",
+            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_uids = Histogram(
+            "lovense_worker_batch_uids", "Users per server call.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r,
+        )
+        self.pending = Gauge(
+            "lovense_worker_pending", "Commands waiting in the scheduler to be sent.", registry=r,
+        )
+        self.stop_seconds = Histogram(
+            "lovense_worker_stop_seconds", "Stop latency, from publish to Lovense's answer.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.end_to_end = Histogram(
+            "lovense_worker_end_to_end_seconds", "From publish to result, by command.",
+            ["command"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )

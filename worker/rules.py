@@ -66,6 +66,8 @@ POSITION_MAX: Final = 100
 
 PRESETS: Final = ("pulse", "wave", "fireworks", "earthquake")
 MAX_UIDS: Final = 10_000
+#: The longest a command may wait; Stop watermarks are kept this long.
+MAX_TTL_MS: Final = 3_600_000
 MAX_PORT: Final = 65_535
 
 _PLAY_FIELDS: Final = ("startTime", "offsetTime", "timeMs")
@@ -108,15 +110,10 @@ def validate(cmd: Command) -> None:
             pass
         case _:
             assert_never(cmd)
-    if cmd.mode == "lan":
-        check_route(cmd, "lan")
-    elif cmd.mode == "server":
-        check_route(cmd, "server")
-        if cmd.uids is not None and cmd.toy is not None:
-            raise InvalidCommand(
-                "toy: Lovense's server ignores toy when a command goes to several users, "
-                "so every toy would respond; give a single uid or leave toy out"
-            )
+    if cmd.ttlMs is not None and not 1 <= cmd.ttlMs <= MAX_TTL_MS:
+        raise InvalidCommand(f"ttlMs: must be 1–{MAX_TTL_MS:,} ms, got {cmd.ttlMs}")
+    if cmd.mode != "auto":
+        check_route(cmd, cmd.mode)
 
 
 def check_route(cmd: Command, route: Route) -> None:
@@ -124,6 +121,11 @@ def check_route(cmd: Command, route: Route) -> None:
     problem = _route_problem(cmd, route)
     if problem is not None:
         raise InvalidCommand(problem)
+    if route == "server" and cmd.uids is not None and cmd.toy is not None:
+        raise InvalidCommand(
+            "toy: Lovense's server ignores toy when a command goes to several users, "
+            "so every toy would respond; give a single uid or leave toy out"
+        )
 
 
 def needs_lan(cmd: Command) -> bool:

@@ -15,6 +15,17 @@ RESULTS_EXCHANGE: Final = "lovense.results"
 DEAD_EXCHANGE: Final = "lovense.dead"
 DEAD_QUEUE: Final = "lovense.dead"
 CALLBACKS_EXCHANGE: Final = "lovense.callbacks"
+#: The Stop lane: producers publish Stops here (fanout) ...
+STOP_EXCHANGE: Final = "lovense.stop"
+#: ... one replica consumes this queue and sends each Stop at once ...
+STOP_QUEUE: Final = "lovense.stop"
+#: ... and every replica follows this stream to keep per-key Stop watermarks.
+STOP_LOG: Final = "lovense.stop.log"
+#: How far back the Stop log reaches: the longest a command may wait (ttlMs ≤ 1 h).
+STOP_LOG_MAX_AGE: Final = "1h"
+STOP_LOG_REPLAY_S: Final = 3600
+#: Header of the marker a worker appends to the Stop log to know its replay has caught up.
+MARKER_HEADER: Final = "x-lovense-marker"
 
 #: Integer milliseconds since the epoch when the producer published the command.
 PUBLISHED_MS_HEADER: Final = "x-lovense-published-ms"
@@ -42,6 +53,11 @@ def shard_arguments() -> dict[str, Any]:
         "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": DEAD_EXCHANGE,
     }
+
+
+def stop_log_arguments() -> dict[str, Any]:
+    """Return the arguments of the Stop log stream."""
+    return {"x-queue-type": "stream", "x-max-age": STOP_LOG_MAX_AGE}
 
 
 def dead_arguments() -> dict[str, Any]:

@@ -103,7 +103,13 @@ async def test_lan_example(
     body = LAN_EXAMPLES[name]
     data = await _check_result(producer, results, {**body, **target}, "lan", 200)
 
-    seen = [r for r in sim.requests if r.side == "lan"][-1]
+    lan_requests = [r for r in sim.requests if r.side == "lan"]
+    if name == "Function 5":
+        # A Stop on the LAN also ends a playing PatternV2, right after the Function Stop.
+        seen, v2_stop = lan_requests[-2:]
+        assert v2_stop.body == {"command": "PatternV2", "type": "Stop", "apiVer": 1}
+    else:
+        seen = lan_requests[-1]
     assert (seen.method, seen.path, seen.scheme, seen.app) == ("POST", "/command", "https", app.uid)
     assert seen.headers["x-platform"] == "lovense-worker"
     assert seen.headers["content-type"] == "application/json"

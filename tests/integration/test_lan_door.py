@@ -62,8 +62,8 @@ async def listener() -> AsyncIterator[Listener]:
     await listening.stop()
 
 
-def _lan_stop(domain: str, port: int, ident: str) -> dict[str, object]:
-    return {"command": "Stop", "uid": "u1", "id": ident, "mode": "lan",
+def _lan_query(domain: str, port: int, ident: str) -> dict[str, object]:
+    return {"command": "GetToyName", "uid": "u1", "id": ident, "mode": "lan",
             "lan": {"domain": domain, "httpsPort": port}}
 
 
@@ -73,7 +73,7 @@ async def test_loopback_target_outside_allow_list_gets_no_connection(
     """127.0.0.2 outside a 127.0.0.1/32 allow list: failed result, and the listener sees nothing;
     with 127.0.0.2 allowed the same listener does see the worker connect."""
     async with Worker(worker_settings(sim)):
-        ident = await producer.publish(_lan_stop("127-0-0-2.lovense.club", listener.port, "x1"))
+        ident = await producer.publish(_lan_query("127-0-0-2.lovense.club", listener.port, "x1"))
         result = await results.wait_for(ident)
     assert (result.status, result.via) == ("failed", "lan")
     assert result.message == ("LAN address 127.0.0.2 is outside LOVENSE_LAN_ALLOW; "
@@ -82,7 +82,7 @@ async def test_loopback_target_outside_allow_list_gets_no_connection(
 
     allowed = (ipaddress.ip_network("127.0.0.2/32"),)
     async with Worker(worker_settings(sim, lan_allow=allowed)):
-        ident = await producer.publish(_lan_stop("127-0-0-2.lovense.club", listener.port, "x2"))
+        ident = await producer.publish(_lan_query("127-0-0-2.lovense.club", listener.port, "x2"))
         result = await results.wait_for(ident)
     assert result.status == "failed"
     assert listener.connections >= 1
@@ -112,8 +112,8 @@ async def test_other_forbidden_targets_are_never_dialled(
     client = LovenseClient(settings, lan_transport=seam)
     app = sim.apps[0]
     async with Worker(settings, client=client):
-        bad = await producer.publish(_lan_stop(domain, port, "forbidden"))
-        good = await producer.publish(_lan_stop(app.domain, app.https_port, "allowed"))
+        bad = await producer.publish(_lan_query(domain, port, "forbidden"))
+        good = await producer.publish(_lan_query(app.domain, app.https_port, "allowed"))
         forbidden, allowed = await results.wait_for(bad), await results.wait_for(good)
     assert forbidden.status == status, forbidden.message
     assert allowed.status == "ok", allowed.message

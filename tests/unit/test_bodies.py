@@ -77,3 +77,25 @@ def test_qr_body_defaults_uname_to_uid() -> None:
     cmd = _cmd('{"command":"GetQrCode","uid":"u9"}')
     assert bodies.qr_body(cmd, "tok", "ut") == {"token": "tok", "uid": "u9", "uname": "u9",
                                                "utoken": "ut", "v": 2}
+
+
+def test_safety_cap_limits_open_ended_and_long_times() -> None:
+    """With LOVENSE_MAX_TIME_SEC set, timeSec 0 and longer times are capped; Stop is untouched."""
+    forever = _cmd('{"command":"Function","uid":"u","action":"Vibrate:5","timeSec":0}')
+    long = _cmd('{"command":"Preset","uid":"u","name":"wave","timeSec":900}')
+    short = _cmd('{"command":"Preset","uid":"u","name":"wave","timeSec":30}')
+    stop = _cmd('{"command":"Function","uid":"u","action":"Stop","timeSec":0}')
+    assert bodies.lan_body(forever, 600)["timeSec"] == 600
+    assert bodies.lan_body(long, 600)["timeSec"] == 600
+    assert bodies.lan_body(short, 600)["timeSec"] == 30
+    assert bodies.lan_body(stop, 600)["timeSec"] == 0
+    assert bodies.lan_body(forever, 0)["timeSec"] == 0
+
+
+def test_stop_bodies_for_some_toys_or_all() -> None:
+    """Stops name one toy as a string, several as a list, and all toys by leaving toy out."""
+    assert bodies.stop_body(None) == {"command": "Function", "action": "Stop", "timeSec": 0,
+                                      "apiVer": 1}
+    assert bodies.stop_body(["t1"])["toy"] == "t1"
+    assert bodies.pattern_v2_stop_body(["a", "b"]) == {"command": "PatternV2", "type": "Stop",
+                                                       "toy": ["a", "b"], "apiVer": 1}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.config import Secret, Settings
-from worker.dispatch import Dispatcher, Outcome, choose_route
+from worker.dispatch import Dispatcher, Outcome, Plan, choose_route, stop_backoff_s
 from worker.errors import MaybeDelivered, NotDelivered, UpstreamError
 from worker.lan import LanAddress
 from worker.lovense import Reply
@@ -72,91 +72,111 @@ def test_lan_only_command_without_endpoint_fails_clearly() -> None:
     )
 
 
-async def test_multi_user_message_is_split_into_calls_of_at_most_n_users() -> None:
-    """A uids message becomes comma-joined server calls of at most LOVENSE_MAX_UIDS_PER_CALL."""
+async def test_server_call_comma_joins_users() -> None:
+    """One server call carries every user it is given, comma-joined."""
     upstream = FakeUpstream()
     cmd = _cmd('{"command":"Preset","uids":["a","b","c"],"name":"wave","timeSec":0}')
-    outcome = await _dispatcher(upstream).run(cmd)
-    assert [call[2]["uid"] for call in upstream.calls] == ["a,b", "c"]
-    assert outcome == Outcome(status="ok", message="Success", via="server", code=200, attempts=2)
+    outcome = await _dispatcher(upstream).server(cmd, ["a", "b"])
+    assert [call[2]["uid"] for call in upstream.calls] == ["a,b"]
+    assert outcome == Outcome(status="ok", message="Success", via="server", code=200, attempts=1)
 
 
-async def test_partly_failed_multi_user_message_lists_failed_uids() -> None:
-    """When some users' call fails the result is failed with exactly those users."""
+async def test_lovense_error_code_becomes_failed_with_its_meaning() -> None:
+    """A 507 answer is a failed outcome with Lovense's meaning."""
     offline = Reply(code=507, ok=False, message="Lovense app is offline")
-    upstream = FakeUpstream([OK, offline])
-    cmd = _cmd('{"command":"Preset","uids":["a","b","c"],"name":"wave","timeSec":0}')
-    outcome = await _dispatcher(upstream).run(cmd)
-    assert outcome == Outcome(status="failed", via="server", code=507, attempts=2,
-                              message="1 of 3 users failed: Lovense app is offline",
-                              failed_uids=["c"])
+    outcome = await _dispatcher(FakeUpstream([offline])).server(
+        _cmd('{"command":"Stop","uid":"u"}'), ["u"])
+    assert outcome == Outcome(status="failed", via="server", code=507, attempts=1,
+                              message="Lovense app is offline")
 
 
-async def test_server_route_without_token_fails_without_calling() -> None:
-    """No developer token means a failed result and no call at all."""
-    upstream = FakeUpstream()
-    outcome = await _dispatcher(upstream, developer_token=Secret("")).run(
-        _cmd('{"command":"Stop","uid":"u"}'))
-    assert upstream.calls == []
-    assert outcome.status == "failed"
+def test_plan_without_token_fails_before_any_call() -> None:
+    """No developer token means the server plan is a failed outcome."""
+    outcome = _dispatcher(FakeUpstream(), developer_token=Secret("")).plan(
+        _cmd('{"command":"Stop","uid":"u"}'), None)
+    assert isinstance(outcome, Outcome) and outcome.status == "failed"
     assert outcome.message.startswith("no Lovense developer token is configured")
 
 
-async def test_lan_target_outside_allow_list_is_never_called() -> None:
-    """A LAN target outside LOVENSE_LAN_ALLOW fails and nothing is dialled."""
-    upstream = FakeUpstream()
-    cmd = _cmd('{"command":"Stop","uid":"u","mode":"lan",'
-               '"lan":{"domain":"10-0-0-5.lovense.club","httpsPort":34568}}')
-    outcome = await _dispatcher(upstream).run(cmd)
-    assert upstream.calls == []
+def test_plan_refuses_lan_target_outside_allow_list() -> None:
+    """A LAN target outside LOVENSE_LAN_ALLOW plans to a failed outcome, never a call."""
+    target = LanTarget(domain="10-0-0-5.lovense.club", httpsPort=34568)
+    outcome = _dispatcher(FakeUpstream()).plan(_cmd('{"command":"Stop","uid":"u"}'), target)
     assert outcome == Outcome(status="failed", via="lan", message="LAN address 10.0.0.5 is "
                               "outside LOVENSE_LAN_ALLOW; the worker did not connect")
 
 
-async def test_malformed_lan_domain_is_invalid_and_never_called() -> None:
-    """A LAN domain that is not a dashed IPv4 under lovense.club is invalid; nothing is dialled."""
-    upstream = FakeUpstream()
-    cmd = _cmd('{"command":"Stop","uid":"u","mode":"lan",'
-               '"lan":{"domain":"metadata.google.internal","httpsPort":80}}')
-    outcome = await _dispatcher(upstream).run(cmd)
-    assert upstream.calls == []
-    assert outcome.status == "invalid"
+def test_plan_refuses_malformed_lan_domain_as_invalid() -> None:
+    """A LAN domain that is not a dashed IPv4 under lovense.club plans to invalid."""
+    target = LanTarget(domain="metadata.google.internal", httpsPort=80)
+    outcome = _dispatcher(FakeUpstream()).plan(_cmd('{"command":"Stop","uid":"u"}'), target)
+    assert isinstance(outcome, Outcome) and outcome.status == "invalid"
+
+
+def test_plan_lan_target_inside_allow_list() -> None:
+    """An allowed LAN target plans to its address."""
+    target = LanTarget(domain="192-168-1-2.lovense.club", httpsPort=34568)
+    plan = _dispatcher(FakeUpstream()).plan(_cmd('{"command":"Stop","uid":"u"}'), target)
+    assert plan == Plan("lan", LanAddress("192.168.1.2", 34568, "192-168-1-2.lovense.club"))
+
+
+ADDRESS = LanAddress("192.168.1.2", 34568, "192-168-1-2.lovense.club")
 
 
 async def test_upstream_failure_becomes_failed_with_its_reason() -> None:
     """A transport failure is a failed outcome carrying the classified reason."""
     upstream = FakeUpstream([MaybeDelivered("no answer in time: TimeoutError")])
-    cmd = _cmd('{"command":"Stop","uid":"u","mode":"lan",'
-               '"lan":{"domain":"192-168-1-2.lovense.club","httpsPort":34568}}')
-    outcome = await _dispatcher(upstream).run(cmd)
+    outcome = await _dispatcher(upstream).lan(_cmd('{"command":"Stop","uid":"u"}'), ADDRESS)
     assert outcome == Outcome(status="failed", via="lan", attempts=1,
                               message="no answer in time: TimeoutError")
-
-
-async def test_refused_connection_is_failed_not_retried_elsewhere() -> None:
-    """A refused LAN connection fails (fallback comes with the registry)."""
-    upstream = FakeUpstream([NotDelivered("could not connect: refused")])
-    cmd = _cmd('{"command":"Stop","uid":"u","mode":"lan",'
-               '"lan":{"domain":"192-168-1-2.lovense.club","httpsPort":34568}}')
-    outcome = await _dispatcher(upstream).run(cmd)
-    assert [c[0] for c in upstream.calls] == ["lan"]
-    assert outcome.status == "failed"
 
 
 async def test_get_toys_string_is_parsed() -> None:
     """GetToys' toys JSON string comes back as an object."""
     reply = Reply(code=200, ok=True, message="OK",
                   data={"toys": '{"t1": {"id": "t1", "name": "nora"}}', "platform": "ios"})
-    cmd = _cmd('{"command":"GetToys","uid":"u",'
-               '"lan":{"domain":"192-168-1-2.lovense.club","httpsPort":34568}}')
-    outcome = await _dispatcher(FakeUpstream([reply])).run(cmd)
+    outcome = await _dispatcher(FakeUpstream([reply])).lan(
+        _cmd('{"command":"GetToys","uid":"u"}'), ADDRESS)
     assert outcome.data == {"toys": {"t1": {"id": "t1", "name": "nora"}}, "platform": "ios"}
 
 
 async def test_qr_code_result_carries_expiry_four_hours_later() -> None:
     """GetQrCode's data has qr, code and expiresAt four hours after issue."""
     reply = Reply(code=0, ok=True, message="Success", data={"qr": "q.jpg", "code": "ab12cd"})
-    outcome = await _dispatcher(FakeUpstream([reply])).run(
-        _cmd('{"command":"GetQrCode","uid":"u"}'))
+    upstream = FakeUpstream([reply])
+    outcome = await _dispatcher(upstream).server(_cmd('{"command":"GetQrCode","uid":"u"}'), ["u"])
+    assert upstream.calls[0][1] == "/api/lan/getQrCode"
     assert outcome.data == {"qr": "q.jpg", "code": "ab12cd",
                             "expiresAt": "2026-11-26T16:00:00.000Z"}
+
+
+async def test_stop_on_lan_also_stops_pattern_v2() -> None:
+    """A LAN Stop sends Function Stop, then PatternV2 Stop for the same toys."""
+    upstream = FakeUpstream()
+    outcome = await _dispatcher(upstream).stop("u", ["t1"], Plan("lan", ADDRESS), 1e12)
+    assert [call[2] for call in upstream.calls] == [
+        {"command": "Function", "action": "Stop", "timeSec": 0, "toy": "t1", "apiVer": 1},
+        {"command": "PatternV2", "type": "Stop", "toy": "t1", "apiVer": 1},
+    ]
+    assert (outcome.status, outcome.attempts) == ("ok", 1)
+
+
+async def test_stop_retries_until_it_lands() -> None:
+    """A Stop that fails to connect is retried until Lovense answers."""
+    upstream = FakeUpstream([NotDelivered("refused"), NotDelivered("refused"), OK])
+    outcome = await _dispatcher(upstream).stop("u", None, Plan("server"), 1e12)
+    assert (outcome.status, outcome.attempts, len(upstream.calls)) == ("ok", 3, 3)
+
+
+async def test_stop_does_not_retry_a_final_code() -> None:
+    """A Stop answered 501 (invalid token) is not retried."""
+    bad = Reply(code=501, ok=False, message="Invalid token")
+    upstream = FakeUpstream([bad])
+    outcome = await _dispatcher(upstream).stop("u", None, Plan("server"), 1e12)
+    assert (outcome.status, outcome.attempts, outcome.code) == ("failed", 1, 501)
+
+
+def test_stop_backoff_grows_with_jitter_and_a_cap() -> None:
+    """Stop retries back off exponentially with jitter in [half, full] and a cap."""
+    assert [stop_backoff_s(n, rand=lambda: 1.0) for n in (1, 2, 3, 10)] == [0.1, 0.2, 0.4, 2.0]
+    assert stop_backoff_s(1, rand=lambda: 0.0) == 0.05

@@ -41,8 +41,10 @@ def _wrapped(root: BaseException) -> httpx.ConnectTimeout:
         (TimeoutError(), MaybeDelivered),
     ],
 )
-def test_failures_are_classified_from_the_aiohttp_cause(root: BaseException, kind: type) -> None:
-    """Whether a request may have reached Lovense is judged from the root cause, not httpx's name."""
+def test_failures_are_classified_from_the_aiohttp_cause(
+    root: BaseException, kind: type
+) -> None:
+    """Whether a request may have reached Lovense is judged from the root cause, not its name."""
     assert type(classify(_wrapped(root))) is kind
 
 
@@ -60,7 +62,9 @@ def test_failures_are_classified_from_the_aiohttp_cause(root: BaseException, kin
          Reply(code=0, ok=True, message="Success", data={"qr": "q"})),
     ],
 )
-def test_replies_map_codes_to_meanings(route: str, status: int, content: bytes, reply: Reply) -> None:
+def test_replies_map_codes_to_meanings(
+    route: str, status: int, content: bytes, reply: Reply
+) -> None:
     """Every Lovense code becomes a reply with its documented meaning."""
     assert parse_reply(route, status, content) == reply  # type: ignore[arg-type]
 

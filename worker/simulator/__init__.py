@@ -127,7 +127,7 @@ class Simulator:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """Return the recorded requests, in the order they were answered."""
+        """Return the recorded requests in the order they were handled (live list)."""
         return self._stage.requests
 
     def clear(self) -> None:

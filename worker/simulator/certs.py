@@ -94,7 +94,11 @@ class Listener:
             for index, (port, context) in enumerate(self._bindings):
                 sock = bind(self._host, port)
                 self._bindings[index] = (sock.getsockname()[1], context)
-                await web.SockSite(runner, sock, ssl_context=context).start()
+                try:
+                    await web.SockSite(runner, sock, ssl_context=context).start()
+                except BaseException:
+                    sock.close()
+                    raise
         except BaseException:
             await self.stop()
             raise

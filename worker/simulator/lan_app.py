@@ -12,8 +12,8 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, cast
 
 import msgspec
 from aiohttp import web
@@ -95,7 +95,7 @@ class Faults:
     code: int | None = None
     share: float = 1.0
     mode: FaultMode | None = None
-    _credit: float = 0.0
+    _credit: float = field(default=0.0, init=False, repr=False)
 
     def configure(
         self,
@@ -112,7 +112,7 @@ class Faults:
         if mode not in (None, "hang", "reset"):
             raise ValueError(f"mode: {mode!r} is not 'hang' or 'reset'")
         self.delay_ms, self.code, self.share = delay_ms or 0, code, share
-        self.mode = "hang" if mode == "hang" else "reset" if mode == "reset" else None
+        self.mode = cast(FaultMode | None, mode)
         self._credit = 0.0
 
     def draw(self) -> bool:
@@ -408,7 +408,9 @@ class SimApp:
     def run(self, body: Any, now: int | None = None) -> tuple[int, bytes]:
         """Run one LAN command on this app's toys; return the code and the answer."""
         try:
-            answer, changes = lan_command(self.spec, self.toys, body, now or now_ms())
+            answer, changes = lan_command(
+                self.spec, self.toys, body, now_ms() if now is None else now
+            )
         except Rejected as exc:
             return exc.code, lan_error(exc.code)
         self._announce(changes)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from worker.simulator.certs import Listener
 from worker.simulator.lan_app import SimApp, Stage, decode_json, now_ms, toy_ids
-from worker.simulator.toys import Rejected, check_call, number
+from worker.simulator.toys import INVALID_PARAMETER, Rejected, check_call, number
 
 COMMAND_PATH: Final = "/api/lan/v2/command"
 QR_PATH: Final = "/api/lan/getQrCode"
@@ -120,14 +120,12 @@ class ServerApi:
         relayed = {key: value for key, value in body.items() if key not in _SERVER_KEYS}
         if len(uids) > 1:
             relayed.pop("toy", None)  # the docs: with several uids, toy is ignored
-        offline = False
-        for uid in uids:
-            offline = offline or uid in self.offline_uids
-            app = self._apps.get(uid)
-            if app is not None and uid not in self.offline_uids:
+        online = [uid for uid in uids if uid not in self.offline_uids]
+        for uid in online:
+            if (app := self._apps.get(uid)) is not None:
                 app.run(relayed, now)
         # Not documented: with several uids, one offline app makes the whole answer 507.
-        if offline:
+        if len(online) < len(uids):
             return APP_OFFLINE, server_error(APP_OFFLINE)
         return 200, SERVER_OK
 
@@ -136,7 +134,7 @@ class ServerApi:
         try:
             self._authorize(body)
             if number(body.get("v")) != 2:
-                raise Rejected(404)
+                raise Rejected(INVALID_PARAMETER)
         except Rejected as exc:
             return exc.code, server_error(exc.code)
         self.qr_requests[body["uid"]] = body

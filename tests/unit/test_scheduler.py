@@ -1,0 +1,326 @@
+"""The scheduler on a fake clock: coalescing, rate limits, Stops, deadlines, and its invariants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.ratelimit import Limit
+from worker.scheduler import Finished, Job, Limits, Scheduler, Toys, overlaps
+
+
+@dataclass
+class Clock:
+    """A fake epoch-milliseconds clock."""
+
+    ms: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.ms
+
+
+def job(ident: str, uid: str = "u", toys: Toys = None, cls: Any = "replace",
+        route: Any = "server", published: float = 1_000_000.0,
+        deadline: float = float("inf"), multi: bool = False) -> Job:
+    return Job(ident=ident, uid=uid, toys=toys, cls=cls, route=route, published_ms=published,
+               deadline_ms=deadline, multi=multi)
+
+
+def ids(jobs: list[Job]) -> list[str]:
+    return [j.ident for j in jobs]
+
+
+def fin(finished: list[Finished]) -> list[tuple[str, str, str | None]]:
+    return [(f.job.ident, f.status, f.by) for f in finished]
+
+
+def make(**limits: Any) -> tuple[Scheduler, Clock]:
+    clock = Clock()
+    return Scheduler(Limits(**limits), clock), clock
+
+
+def test_latest_wins_for_a_key() -> None:
+    """A newer replace job supersedes the not-yet-sent one for the same key."""
+    s, _ = make(server=Limit(rate=1, burst=1))
+    s.submit(job("a"))
+    assert ids(s.poll().send) == ["a"]
+    assert fin(s.submit(job("b"))) == []
+    assert fin(s.submit(job("c"))) == [("b", "superseded", "c")]
+    assert s.poll().send == []  # a is still in flight
+    assert s.pending == 1
+
+
+def test_star_replace_sweeps_every_toy_of_the_uid() -> None:
+    """A replace job for every toy supersedes pending jobs of each toy key of that uid."""
+    s, _ = make()
+    s.submit(job("busy", toys=("t1",)))
+    s.submit(job("busy2", toys=("t2",)))
+    s.poll()
+    s.submit(job("t1", toys=("t1",)))
+    s.submit(job("t2", toys=("t2",)))
+    assert sorted(fin(s.submit(job("all")))) == [("t1", "superseded", "all"),
+                                                 ("t2", "superseded", "all")]
+
+
+def test_toy_replace_leaves_other_toys_alone() -> None:
+    """A replace job for one toy does not touch another toy's pending job."""
+    s, _ = make()
+    s.submit(job("busy", toys=("t1",)))
+    s.submit(job("busy2", toys=("t2",)))
+    s.poll()
+    s.submit(job("x", toys=("t2",)))
+    assert fin(s.submit(job("y", toys=("t1",)))) == []
+
+
+def test_stop_previous_zero_queues_in_order_and_overflow_drops_oldest() -> None:
+    """stopPrevious 0 jobs keep order in a bounded queue; overflow drops the oldest."""
+    s, _ = make(key_queue=2, server=Limit(rate=1000, burst=1000))
+    s.submit(job("busy"))
+    s.poll()
+    s.submit(job("q1", cls="queue"))
+    s.submit(job("q2", cls="queue"))
+    assert fin(s.submit(job("q3", cls="queue"))) == [("q1", "dropped", "q3")]
+    s.settled(s._keys[("u", None)].inflight)  # type: ignore[arg-type]
+    assert ids(s.poll().send) == ["q2"]
+
+
+def test_replace_supersedes_queued_stop_previous_zero() -> None:
+    """A stopPrevious 1 command replaces queued stopPrevious 0 ones."""
+    s, _ = make()
+    s.submit(job("busy"))
+    s.poll()
+    s.submit(job("q1", cls="queue"))
+    assert fin(s.submit(job("r"))) == [("q1", "superseded", "r")]
+
+
+def test_ordered_jobs_are_never_merged() -> None:
+    """PatternV2-like ordered jobs keep their order and are not replaced."""
+    s, _ = make(server=Limit(rate=1000, burst=1000))
+    for name in ("setup", "play"):
+        s.submit(job(name, cls="ordered", route="lan"))
+    assert fin(s.submit(job("v", route="lan"))) == []
+    sent = []
+    for _ in range(3):
+        tick = s.poll()
+        sent += tick.send
+        for j in tick.send:
+            s.settled(j)
+    assert ids(sent) == ["setup", "play", "v"]
+
+
+def test_single_user_command_never_supersedes_a_multi_user_share() -> None:
+    """A single-user replace leaves a pending share of a multi-user message alone."""
+    s, _ = make()
+    s.submit(job("busy"))
+    s.poll()
+    s.submit(job("broadcast", cls="ordered", multi=True))
+    assert fin(s.submit(job("mine"))) == []
+
+
+def test_rate_limit_waits_without_blocking_other_uids() -> None:
+    """A uid out of tokens waits; another uid is sent at once."""
+    s, clock = make(server=Limit(rate=2, burst=1))
+    s.submit(job("a1", uid="a"))
+    first = s.poll()
+    s.settled(first.send[0])
+    s.submit(job("a2", uid="a"))
+    s.submit(job("b1", uid="b"))
+    tick = s.poll()
+    assert ids(tick.send) == ["b1"]
+    assert tick.wake_ms == clock.ms + 500
+    clock.ms += 500
+    assert ids(s.poll().send) == ["a2"]
+
+
+def test_stop_cancels_pending_and_waits_for_inflight() -> None:
+    """A Stop supersedes pending work and is released only after the in-flight call settles."""
+    s, clock = make()
+    s.submit(job("a"))
+    inflight = s.poll().send[0]
+    s.submit(job("b"))
+    clock.ms += 10
+    assert fin(s.submit(job("stop", cls="stop", published=clock.ms))) == [
+        ("b", "superseded", "stop")]
+    assert s.poll().send == []
+    s.settled(inflight)
+    assert ids(s.poll().send) == ["stop"]
+
+
+def test_command_published_before_a_stop_is_refused_later() -> None:
+    """A command arriving after a Stop but published before it is superseded by the Stop."""
+    s, clock = make()
+    s.submit(job("stop", cls="stop", published=clock.ms))
+    assert fin(s.submit(job("old", published=clock.ms - 5))) == [("old", "superseded", "stop")]
+    assert fin(s.submit(job("new", published=clock.ms + 5))) == []
+
+
+def test_keys_wait_for_a_pending_stop() -> None:
+    """A newer command for the Stop's key is sent only after the Stop settles."""
+    s, clock = make()
+    s.submit(job("stop", cls="stop", published=clock.ms))
+    s.submit(job("new", published=clock.ms + 1))
+    tick = s.poll()
+    assert ids(tick.send) == ["stop"]
+    assert s.poll().send == []
+    s.settled(tick.send[0])
+    assert ids(s.poll().send) == ["new"]
+
+
+def test_toy_stop_cancels_star_commands_but_not_other_toys() -> None:
+    """A Stop for one toy cancels pending every-toy jobs and that toy's, not another toy's."""
+    s, clock = make()
+    for name, toys in (("b1", None), ("b2", ("t1",)), ("b3", ("t2",))):
+        s.submit(job(name, toys=toys))
+    s.poll()
+    for name, toys in (("all", None), ("one", ("t1",)), ("two", ("t2",))):
+        s.submit(job(name, toys=toys))
+    assert sorted(fin(s.submit(job("stop", cls="stop", toys=("t1",),
+                                   published=clock.ms)))) == [
+        ("all", "superseded", "stop"), ("one", "superseded", "stop")]
+
+
+def test_deadline_expires_waiting_job() -> None:
+    """A job still waiting at its deadline is expired and never sent."""
+    s, clock = make(server=Limit(rate=0.1, burst=1))
+    s.submit(job("a"))
+    s.settled(s.poll().send[0])
+    s.submit(job("b", deadline=clock.ms + 100))
+    clock.ms += 100
+    tick = s.poll()
+    assert (tick.send, fin(tick.finished)) == ([], [("b", "expired", None)])
+
+
+def test_past_deadline_is_expired_on_arrival() -> None:
+    """A job whose deadline has passed on arrival is expired at once."""
+    s, clock = make()
+    assert fin(s.submit(job("late", deadline=clock.ms - 1))) == [("late", "expired", None)]
+
+
+def test_remote_stop_follows_up_an_inflight_call() -> None:
+    """A Stop seen from another replica while a call is in flight is re-sent after it settles."""
+    s, clock = make()
+    s.submit(job("a"))
+    inflight = s.poll().send[0]
+    assert s.remote_stop("u", None, clock.ms, "remote-stop") == []
+    assert s.remote_stop("u", None, clock.ms, "remote-stop") == []  # seen once only
+    s.settled(inflight)
+    follow = s.poll().send
+    assert [(j.ident, j.cls) for j in follow] == [("remote-stop:after:a", "stop")]
+
+
+# --------------------------------------------------------------------------- properties
+
+@dataclass
+class Trace:
+    """What happened in one random run."""
+
+    sent: list[tuple[float, Job]] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+    stops_submitted: list[tuple[float, Job]] = field(default_factory=list)
+    #: Event order: when each job was sent and when each Stop was submitted.
+    order: dict[str, int] = field(default_factory=dict)
+
+
+op = st.tuples(
+    st.sampled_from(["replace", "queue", "ordered", "stop", "wait", "settle"]),
+    st.sampled_from(["a", "b"]),
+    st.sampled_from([None, ("t1",), ("t2",), ("t1", "t2")]),
+    st.sampled_from(["lan", "server"]),
+    st.integers(min_value=0, max_value=300),
+    st.integers(min_value=1, max_value=2000),
+)
+
+
+def run(ops: list[tuple[str, str, Toys, str, int, int]]) -> tuple[Trace, list[Job]]:
+    s, clock = make(server=Limit(rate=2, burst=4), lan=Limit(rate=10, burst=10), key_queue=3)
+    trace, inputs, inflight = Trace(), [], []
+    for n, (kind, uid, toys, route, skew, ttl) in enumerate(ops):
+        if kind == "wait":
+            clock.ms += skew
+        elif kind == "settle":
+            if inflight:
+                s.settled(inflight.pop(skew % len(inflight)))
+        else:
+            j = job(f"j{n}", uid=uid, toys=toys, cls=kind, route=route,
+                    published=clock.ms - skew, deadline=clock.ms - skew + ttl)
+            inputs.append(j)
+            if kind == "stop":
+                trace.stops_submitted.append((clock.ms, j))
+                trace.order["submit:" + j.ident] = len(trace.order)
+            trace.finished += s.submit(j)
+        tick = s.poll()
+        trace.finished += tick.finished
+        for sent in tick.send:
+            trace.sent.append((clock.ms, sent))
+            trace.order["send:" + sent.ident] = len(trace.order)
+            inflight.append(sent)
+            if sent not in inputs:
+                inputs.append(sent)
+    # Drain: settle everything, let time pass until nothing is left.
+    for _ in range(200):
+        while inflight:
+            s.settled(inflight.pop())
+        clock.ms += 100
+        tick = s.poll()
+        trace.finished += tick.finished
+        for sent in tick.send:
+            trace.sent.append((clock.ms, sent))
+            trace.order["send:" + sent.ident] = len(trace.order)
+            inflight.append(sent)
+            if sent not in inputs:
+                inputs.append(sent)
+        if not inflight and not tick.send and s.pending == 0:
+            break
+    return trace, inputs
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, max_size=80))
+def test_property_every_job_ends_exactly_once(ops: list[Any]) -> None:
+    """Every job is either sent once or finished unsent once, never both, never lost."""
+    trace, inputs = run(ops)
+    ends = [j.ident for _, j in trace.sent] + [f.job.ident for f in trace.finished]
+    assert sorted(ends) == sorted(j.ident for j in inputs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, max_size=80))
+def test_property_nothing_sent_after_a_later_stop(ops: list[Any]) -> None:
+    """No job is sent after a Stop that was submitted earlier and published no earlier than it,
+    for an overlapping key."""
+    trace, _ = run(ops)
+    for _, sent in trace.sent:
+        if sent.cls == "stop":
+            continue
+        for _, stop in trace.stops_submitted:
+            if stop.uid == sent.uid and overlaps(stop.toys, sent.toys):
+                stop_first = trace.order["submit:" + stop.ident] < trace.order["send:" + sent.ident]
+                assert not (stop_first and sent.published_ms <= stop.published_ms)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, max_size=80))
+def test_property_rate_limits_hold_in_every_window(ops: list[Any]) -> None:
+    """Per uid and route, calls in any window of t ms never exceed burst + rate × t."""
+    trace, _ = run(ops)
+    limits = {"server": (2.0, 4.0), "lan": (10.0, 10.0)}
+    for (uid, route), (rate, burst) in [((u, r), limits[r]) for u in "ab" for r in limits]:
+        times = sorted(t for t, j in trace.sent
+                       if j.uid == uid and j.route == route and j.cls != "stop")
+        for i, start in enumerate(times):
+            for k in range(i, len(times)):
+                window = times[k] - start
+                assert k - i + 1 <= burst + rate * window / 1000 + 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(op, max_size=80))
+def test_property_nothing_sent_after_its_deadline(ops: list[Any]) -> None:
+    """No job is sent at or after its deadline; Stops have none."""
+    trace, _ = run(ops)
+    for sent_at, sent in trace.sent:
+        if sent.cls != "stop":
+            assert sent_at < sent.deadline_ms

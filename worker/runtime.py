@@ -1,0 +1,443 @@
+"""The scheduling shell: deliveries in, the scheduler and batcher deciding, calls out, results back.
+
+One command message becomes one *share* per user (a :class:`~worker.scheduler.Job`).
+The scheduler says which shares go when; server shares that are identical
+(same Lovense fields, no toy) are merged by the batcher into multi-user calls;
+each call is carried by :class:`~worker.dispatch.Dispatcher`. When every share
+of a message has ended, its one result is folded (:func:`worker.results.fold`)
+and handed back to the broker, which publishes it and acks.
+
+Stops take the same path with a different class: never rate-limited, merged
+or expired, they cancel what is pending and wait for calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from worker import bodies, intake, topology
+from worker.batching import Batcher
+from worker.config import Settings
+from worker.dispatch import Dispatcher, Outcome, Plan
+from worker.errors import InvalidCommand
+from worker.messages import Command, Function, GetQrCode, LanTarget, Stop
+from worker.metrics import Metrics
+from worker.ratelimit import Limit, TokenBucket
+from worker.results import Delivery, Handled, ShareEnd, fold, make_result
+from worker.scheduler import Finished, Job, JobClass, Limits, Scheduler
+
+log = structlog.get_logger("worker.runtime")
+
+#: A Stop goes out on every route its uid used within this window.
+RECENT_ROUTE_MS: Final = 60_000.0
+_UNSENT_WORDS: Final = {
+    "expired": "not sent by its deadline",
+    "dropped": "dropped: more than LOVENSE_KEY_QUEUE stopPrevious 0 commands waited for its key",
+}
+
+
+def is_stop(cmd: Command) -> bool:
+    """Return whether a command is a Stop (the shorthand, or Function with action Stop)."""
+    return isinstance(cmd, Stop) or (isinstance(cmd, Function) and cmd.action.strip() == "Stop")
+
+
+def job_class(cmd: Command) -> JobClass:
+    """Return how the scheduler treats a command's shares."""
+    if is_stop(cmd):
+        return "stop"
+    if isinstance(cmd, Function):
+        return "queue" if cmd.stopPrevious == 0 else "replace"
+    if cmd.kind in ("Pattern", "Preset", "Position"):
+        return "replace"
+    return "ordered"
+
+
+def published_ms(headers: Mapping[str, Any] | None) -> float | None:
+    """Return the producer's publish time from ``x-lovense-published-ms``, if usable."""
+    raw = (headers or {}).get(topology.PUBLISHED_MS_HEADER)
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    try:
+        value = float(raw) if raw is not None and not isinstance(raw, bool) else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and value > 0 else None
+
+
+def epoch_ms() -> float:
+    """Return the wall clock in epoch milliseconds."""
+    return time.time() * 1000.0
+
+
+@dataclass(eq=False, slots=True)
+class _Message:
+    ident: str
+    cmd: Command
+    delivery: Delivery
+    received: datetime
+    published_ms: float
+    accepted_ms: float
+    future: asyncio.Future[Handled]
+    remaining: int
+    ends: list[ShareEnd] = field(default_factory=list)
+    calls: int = 0
+    signature: bytes | None = None
+    lan_slots: asyncio.Semaphore | None = None
+
+
+class Runtime:
+    """Carry deliveries through the scheduler to Lovense and back to one result each."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        *,
+        clock_ms: Callable[[], float] = epoch_ms,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._settings = settings
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._clock_ms = clock_ms
+        self._now = now
+        limits = Limits(
+            server=Limit(settings.server_rate, settings.server_burst),
+            lan=Limit(settings.lan_rate, settings.lan_burst),
+            key_queue=settings.key_queue,
+        )
+        self.scheduler = Scheduler(limits, clock_ms)
+        self._batcher: Batcher[Job] = Batcher(
+            settings.batch_window_ms, settings.max_uids_per_call, clock_ms
+        )
+        cap = Limit(settings.server_max_rps, max(1.0, settings.server_max_rps))
+        self._server_cap = TokenBucket(cap, clock_ms())
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._messages: set[_Message] = set()
+        self._loop: asyncio.Task[None] | None = None
+        #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
+        self.announce_stop: Callable[[Delivery], Coroutine[Any, Any, None]] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the scheduling loop."""
+        self._loop = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def close(self) -> None:
+        """Stop the loop; messages not finished stay unacked and return to RabbitMQ."""
+        if self._loop is not None:
+            self._loop.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for message in list(self._messages):
+            message.future.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ input
+
+    async def handle(self, delivery: Delivery) -> Handled:
+        """Take one delivery and return its result once every share has ended."""
+        received = self._now()
+        try:
+            cmd = intake.decode(delivery.body)
+        except InvalidCommand as exc:
+            return self._invalid(delivery, str(exc), received)
+        now_ms = self._clock_ms()
+        message = _Message(
+            ident=cmd.id or delivery.message_id or uuid.uuid4().hex, cmd=cmd,
+            delivery=delivery, received=received,
+            published_ms=published_ms(delivery.headers) or now_ms, accepted_ms=now_ms,
+            future=asyncio.get_running_loop().create_future(), remaining=len(cmd.targets),
+        )
+        structlog.contextvars.bind_contextvars(
+            message_id=message.ident,
+            uid=cmd.uid if cmd.uid is not None else f"{len(cmd.targets)} users",
+        )
+        self._messages.add(message)
+        if is_stop(cmd):
+            self._submit_stop(message)
+            if delivery.lane == "commands" and self.announce_stop is not None:
+                self._spawn(self.announce_stop(delivery), [])
+        else:
+            self._submit(message)
+        self._wake.set()
+        try:
+            return await message.future
+        finally:
+            self._messages.discard(message)
+
+    def remote_stop(self, delivery: Delivery) -> None:
+        """Apply a Stop from the Stop log (sent by whichever replica consumed it)."""
+        try:
+            cmd = intake.decode(delivery.body)
+        except InvalidCommand:
+            return
+        ident = cmd.id or delivery.message_id
+        if not is_stop(cmd) or ident is None:
+            return
+        at = published_ms(delivery.headers) or self._clock_ms()
+        for uid in cmd.targets:
+            for finished in self.scheduler.remote_stop(uid, _toys(cmd), at, ident):
+                self._finish_unsent(finished)
+        self._wake.set()
+
+    def _plans(self, cmd: Command) -> Callable[[str], Plan | Outcome]:
+        cache: dict[LanTarget | None, Plan | Outcome] = {}
+
+        def plan(uid: str) -> Plan | Outcome:
+            endpoint = self._dispatcher.endpoint_for(cmd, uid)
+            if endpoint not in cache:
+                cache[endpoint] = self._dispatcher.plan(cmd, endpoint)
+            return cache[endpoint]
+
+        return plan
+
+    def _submit(self, message: _Message) -> None:
+        cmd = message.cmd
+        deadline = message.published_ms + (cmd.ttlMs or self._settings.default_ttl_ms)
+        cls, toys, multi = job_class(cmd), _toys(cmd), len(cmd.targets) > 1
+        if multi:
+            message.lan_slots = asyncio.Semaphore(self._settings.lan_fanout)
+        if cmd.toy is None and not isinstance(cmd, GetQrCode):
+            message.signature = msgspec.json.encode(
+                bodies.command_fields(cmd, self._settings.max_time_sec)
+            )
+        plan_for = self._plans(cmd)
+        for uid in cmd.targets:
+            plan = plan_for(uid)
+            if isinstance(plan, Outcome):
+                self._end(message, ShareEnd(uid, plan))
+                continue
+            job = Job(ident=message.ident, uid=uid, toys=toys, cls="ordered" if multi else cls,
+                      route=plan.route, published_ms=message.published_ms,
+                      deadline_ms=deadline, payload=(message, uid, plan), multi=multi)
+            for finished in self.scheduler.submit(job):
+                self._finish_unsent(finished)
+
+    def _submit_stop(self, message: _Message) -> None:
+        cmd = message.cmd
+        plan_for = self._plans(cmd)
+        for uid in cmd.targets:
+            plan = plan_for(uid)
+            recent = self.scheduler.recent_routes(uid, RECENT_ROUTE_MS)
+            plans = [p for p in (Plan("server"), plan) if isinstance(p, Plan)
+                     and p.route in recent and (p.route == "server" or p.address is not None)]
+            if not plans and isinstance(plan, Plan):
+                plans = [plan]
+            if not plans:
+                assert isinstance(plan, Outcome)
+                self._end(message, ShareEnd(uid, plan))
+                continue
+            job = Job(ident=message.ident, uid=uid, toys=_toys(cmd), cls="stop",
+                      route=plans[0].route, published_ms=message.published_ms,
+                      payload=(message, uid, plans))
+            for finished in self.scheduler.submit(job):
+                self._finish_unsent(finished)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            tick = self.scheduler.poll()
+            for finished in tick.finished:
+                self._finish_unsent(finished)
+            for job in tick.send:
+                self._launch(job)
+            groups, batch_wake = self._batcher.due()
+            for group in groups:
+                self._spawn(self._send_server(group), group)
+            self._metrics.pending.set(self.scheduler.pending + len(self._batcher))
+            wakes = [w for w in (tick.wake_ms, batch_wake) if w is not None]
+            timeout = max(0.0, (min(wakes) - self._clock_ms()) / 1000) if wakes else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _spawn(self, work: Coroutine[Any, Any, None], jobs: list[Job]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if finished.cancelled() or finished.exception() is None:
+                return
+            exc = finished.exception()
+            log.error("call_crashed", error=repr(exc), exc_info=exc)
+            for job in jobs:
+                if job.state != "done":
+                    failure = Outcome(status="failed", message=f"internal error: {exc!r}")
+                    self._settle(job, failure)
+
+        task.add_done_callback(done)
+
+    def _launch(self, job: Job) -> None:
+        if job.cls == "stop":
+            self._spawn(self._send_stop(job), [job])
+            return
+        message, _uid, plan = job.payload
+        self._metrics.rate_limit_wait.labels(plan.route).observe(
+            max(0.0, self._clock_ms() - message.accepted_ms) / 1000
+        )
+        if plan.route == "lan":
+            self._spawn(self._send_lan(job), [job])
+        elif message.signature is None:
+            self._spawn(self._send_server([job]), [job])
+        elif (group := self._batcher.add(message.signature, job)) is not None:
+            self._spawn(self._send_server(group), group)
+
+    # ------------------------------------------------------------------ calls
+
+    def _still_wanted(self, jobs: list[Job]) -> list[Job]:
+        """Drop shares that expired or were overtaken by a Stop while they waited to go out."""
+        now, live = self._clock_ms(), []
+        for job in jobs:
+            mark = self.scheduler.watermark(job.uid, job.toys)
+            if job.deadline_ms <= now:
+                self._settle(job, Outcome(status="expired", message=_UNSENT_WORDS["expired"]))
+            elif mark is not None and job.published_ms <= mark[0]:
+                self._settle(job, Outcome(status="superseded", message=f"superseded by {mark[1]}"),
+                             superseded_by=mark[1])
+            else:
+                live.append(job)
+        return live
+
+    async def _take_server_slot(self) -> None:
+        while (wait := self._server_cap.wait_ms(self._clock_ms())) > 0:
+            await asyncio.sleep(wait / 1000)
+        self._server_cap.take(self._clock_ms())
+
+    async def _send_server(self, jobs: list[Job]) -> None:
+        await self._take_server_slot()
+        live = self._still_wanted(jobs)
+        if not live:
+            return
+        message: _Message = live[0].payload[0]
+        outcome = await self._dispatcher.server(message.cmd, [job.uid for job in live])
+        self._metrics.batch_uids.observe(len(live))
+        for carried in {job.payload[0] for job in live}:
+            carried.calls += 1
+        for job in live:
+            self._settle(job, outcome)
+
+    async def _send_lan(self, job: Job) -> None:
+        message, _uid, plan = job.payload
+        if message.lan_slots is not None:
+            async with message.lan_slots:
+                await self._send_lan_now(job, message, plan)
+        else:
+            await self._send_lan_now(job, message, plan)
+
+    async def _send_lan_now(self, job: Job, message: _Message, plan: Plan) -> None:
+        if not self._still_wanted([job]):
+            return
+        assert plan.address is not None
+        outcome = await self._dispatcher.lan(message.cmd, plan.address)
+        message.calls += 1
+        self._settle(job, outcome)
+
+    async def _send_stop(self, job: Job) -> None:
+        give_up_at = time.monotonic() + self._settings.stop_retry_s
+        if isinstance(job.payload, tuple) and job.payload[0] == "followup":
+            _tag, (_message, uid, plan) = job.payload
+            plans = plan if isinstance(plan, list) else [plan]
+            await asyncio.gather(*(self._dispatcher.stop(uid, _toy_list(job), p, give_up_at)
+                                   for p in plans))
+            self.scheduler.settled(job)
+            self._wake.set()
+            return
+        message, uid, plans = job.payload
+        outcomes = await asyncio.gather(
+            *(self._dispatcher.stop(uid, _toy_list(job), p, give_up_at) for p in plans)
+        )
+        self._metrics.stop_seconds.observe(
+            max(0.0, self._clock_ms() - message.published_ms) / 1000
+        )
+        message.calls += sum(o.attempts for o in outcomes)
+        landed = [o for o in outcomes if o.status == "ok"]
+        self._settle(job, landed[0] if landed else outcomes[0])
+
+    # ------------------------------------------------------------------ endings
+
+    def _settle(self, job: Job, outcome: Outcome, superseded_by: str | None = None) -> None:
+        self.scheduler.settled(job)
+        if job.payload is not None and not (isinstance(job.payload, tuple)
+                                            and job.payload[0] == "followup"):
+            message, uid = job.payload[0], job.payload[1]
+            self._end(message, ShareEnd(uid, outcome, superseded_by))
+        self._wake.set()
+
+    def _finish_unsent(self, finished: Finished) -> None:
+        job = finished.job
+        if not isinstance(job.payload, tuple) or job.payload[0] == "followup":
+            return
+        message, uid = job.payload[0], job.payload[1]
+        if finished.status == "superseded":
+            self._metrics.coalesced.labels(message.cmd.kind).inc()
+            words = f"superseded by {finished.by}"
+        else:
+            words = _UNSENT_WORDS[finished.status]
+        self._end(message, ShareEnd(uid, Outcome(status=finished.status, message=words),
+                                    finished.by if finished.status == "superseded" else None))
+
+    def _end(self, message: _Message, end: ShareEnd) -> None:
+        message.ends.append(end)
+        message.remaining -= 1
+        if message.remaining == 0 and not message.future.done():
+            self._complete(message)
+
+    def _complete(self, message: _Message) -> None:
+        outcome, by = fold(message.ends, message.calls)
+        completed = self._now()
+        result = make_result(
+            message.ident, message.cmd.kind, message.cmd.targets, outcome, superseded_by=by,
+            redelivered=message.delivery.redelivered, received=message.received,
+            completed=completed,
+        )
+        self._metrics.messages.labels(result.command, result.status).inc()
+        self._metrics.end_to_end.labels(result.command).observe(
+            max(0.0, self._clock_ms() - message.published_ms) / 1000
+        )
+        log.info(
+            "command_completed", message_id=message.ident, command=result.command,
+            status=result.status, via=result.via, code=result.code,
+            ms=round((completed - message.received).total_seconds() * 1000, 1),
+            **({"reason": result.message} if result.status != "ok" else {}),
+        )
+        dead = outcome.message if outcome.status == "invalid" else None
+        message.future.set_result(Handled(result, dead_letter=dead))
+
+    def _invalid(self, delivery: Delivery, reason: str, received: datetime) -> Handled:
+        command, uids, peeked = intake.peek(delivery.body)
+        ident = peeked or delivery.message_id or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(message_id=ident)
+        result = make_result(
+            ident, command, uids, Outcome(status="invalid", message=reason), superseded_by=None,
+            redelivered=delivery.redelivered, received=received, completed=self._now(),
+        )
+        self._metrics.messages.labels(command, "invalid").inc()
+        log.warning("command_rejected", command=command, reason=reason)
+        return Handled(result, dead_letter=reason)
+
+
+def _toys(cmd: Command) -> tuple[str, ...] | None:
+    if cmd.toy is None:
+        return None
+    return tuple(sorted({cmd.toy} if isinstance(cmd.toy, str) else set(cmd.toy)))
+
+
+def _toy_list(job: Job) -> list[str] | None:
+    return list(job.toys) if job.toys is not None else None

@@ -1,0 +1,396 @@
+"""The per-user scheduler: latest-wins coalescing, rate limits, Stops that win, deadlines.
+
+Pure logic on an injected clock (epoch milliseconds); no I/O. The shell
+(:mod:`worker.runtime`) submits jobs, polls for what to send, and reports when
+a call settles. One *job* is one user's share of one command message.
+
+* **Keys.** A job's key is ``(uid, sorted toy ids)`` or ``(uid, None)`` (``*``,
+  every toy). At most one call per key is in flight, so a key's calls keep
+  their order.
+* **Coalescing.** A ``replace`` job (Function with stopPrevious 1, Pattern,
+  Preset, Position) removes the key's not-yet-sent ``replace`` and ``queue``
+  jobs, and every key of the uid when its own key is ``*``; they finish
+  ``superseded``. ``queue`` jobs (stopPrevious 0) keep their order in a bounded
+  queue whose overflow drops the oldest (``dropped``). ``ordered`` jobs
+  (PatternV2, queries, shares of multi-user messages) are never merged away.
+* **Rate limits.** A token bucket per (uid, route); a waiting key never delays
+  another key.
+* **Stops.** Never rate-limited, replaced or expired. A Stop records a
+  watermark (its publish time) for its toys; every job of an overlapping key
+  published no later than the watermark is cancelled (``superseded``) and is
+  refused if it arrives later. A Stop waits for overlapping calls in flight to
+  settle so it lands last, and overlapping keys wait for the Stop.
+* **Deadlines.** A job not sent by its deadline finishes ``expired``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from worker.ratelimit import Limit, TokenBucket
+
+JobClass = Literal["replace", "queue", "ordered", "stop"]
+Route = Literal["lan", "server"]
+Toys = tuple[str, ...] | None
+Key = tuple[str, Toys]
+FinishStatus = Literal["superseded", "expired", "dropped"]
+
+_SWEEPABLE: Final = frozenset({"replace", "queue"})
+_SEEN_STOPS: Final = 100_000
+_HOUSEKEEPING_MS: Final = 10_000.0
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One user's share of one command message, as the scheduler sees it."""
+
+    ident: str
+    uid: str
+    toys: Toys
+    cls: JobClass
+    route: Route
+    published_ms: float
+    deadline_ms: float = float("inf")
+    payload: Any = None
+    multi: bool = False
+    seq: int = 0
+    state: Literal["new", "pending", "sent", "done"] = "new"
+    #: Remote Stops that arrived while this job's call was in flight.
+    followups: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def key(self) -> Key:
+        """Return the coalescing key, ``(uid, toys)``."""
+        return (self.uid, self.toys)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A job the scheduler finished without sending it."""
+
+    job: Job
+    status: FinishStatus
+    by: str | None = None
+
+
+@dataclass(slots=True)
+class Tick:
+    """What to do now: jobs to send, jobs finished unsent, and when to poll again."""
+
+    send: list[Job]
+    finished: list[Finished]
+    wake_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The scheduler's knobs."""
+
+    server: Limit = Limit(rate=2.0, burst=4.0)
+    lan: Limit = Limit(rate=10.0, burst=10.0)
+    key_queue: int = 16
+    watermark_ttl_ms: float = 3_600_000.0
+
+
+def overlaps(a: Toys, b: Toys) -> bool:
+    """Return whether two toy selections can reach the same toy (``None`` is every toy)."""
+    return a is None or b is None or not set(a).isdisjoint(b)
+
+
+@dataclass(slots=True)
+class _KeyState:
+    pending: deque[Job] = field(default_factory=deque)
+    inflight: Job | None = None
+
+
+class Scheduler:
+    """Decide, per key, what is sent when, and what is never sent."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._seq = itertools.count(1)
+        self._keys: dict[Key, _KeyState] = {}
+        self._uid_keys: dict[str, set[Key]] = {}
+        self._stops: dict[str, list[Job]] = {}
+        self._stops_inflight: dict[str, list[Job]] = {}
+        self._buckets: dict[tuple[str, Route], TokenBucket] = {}
+        self._watermarks: dict[str, dict[str | None, tuple[float, str]]] = {}
+        self._last_route: dict[str, dict[Route, float]] = {}
+        self._wake: list[tuple[float, int, str, Any]] = []
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._seen_stops: OrderedDict[str, None] = OrderedDict()
+        self._finished: list[Finished] = []
+        self._pending = 0
+        self._housekeeping_at = clock() + _HOUSEKEEPING_MS
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def pending(self) -> int:
+        """Return how many jobs wait to be sent (Stops included)."""
+        return self._pending + sum(len(s) for s in self._stops.values())
+
+    def recent_routes(self, uid: str, within_ms: float) -> list[Route]:
+        """Return the routes this uid's calls used within the last ``within_ms``."""
+        now = self._clock()
+        used = self._last_route.get(uid, {})
+        return [route for route, at in used.items() if now - at <= within_ms]
+
+    def watermark(self, uid: str, toys: Toys) -> tuple[float, str] | None:
+        """Return the latest Stop (publish ms, id) that covers a job for these toys."""
+        marks = self._watermarks.get(uid)
+        if not marks:
+            return None
+        if toys is None:
+            candidates: Iterable[tuple[float, str]] = marks.values()
+        else:
+            candidates = [m for t in (None, *toys) if (m := marks.get(t)) is not None]
+        return max(candidates, default=None)
+
+    # ------------------------------------------------------------------ input
+
+    def submit(self, job: Job) -> list[Finished]:
+        """Take a new job; return the jobs this finishes at once (itself included, if so)."""
+        now = self._clock()
+        job.seq = next(self._seq)
+        if job.cls == "stop":
+            return self._submit_stop(job, now)
+        mark = self.watermark(job.uid, job.toys)
+        if mark is not None and job.published_ms <= mark[0]:
+            job.state = "done"
+            return [Finished(job, "superseded", mark[1])]
+        if job.deadline_ms <= now:
+            job.state = "done"
+            return [Finished(job, "expired")]
+        finished: list[Finished] = []
+        if job.cls == "replace" and not job.multi:
+            keys = self._uid_keys.get(job.uid, set()) if job.toys is None else {job.key}
+            for key in list(keys):
+                finished += self._remove(key, job.ident, "superseded",
+                                         lambda j: j.cls in _SWEEPABLE and not j.multi)
+        state = self._state(job.key)
+        if job.cls == "queue":
+            queued = [j for j in state.pending if j.cls == "queue"]
+            if len(queued) >= self._limits.key_queue:
+                oldest = queued[0]
+                state.pending.remove(oldest)
+                self._done(oldest)
+                finished.append(Finished(oldest, "dropped", job.ident))
+        state.pending.append(job)
+        job.state = "pending"
+        self._pending += 1
+        heapq.heappush(self._deadlines, (job.deadline_ms, job.seq, job))
+        self._push(now, "key", job.key)
+        return finished
+
+    def remote_stop(self, uid: str, toys: Toys, published_ms: float, ident: str) -> list[Finished]:
+        """Apply a Stop another replica sends: cancel, raise the watermark, follow up in-flight."""
+        if ident in self._seen_stops:
+            return []
+        self._remember_stop(ident)
+        finished = self._apply_watermark(uid, toys, published_ms, ident)
+        for key in self._uid_keys.get(uid, ()):
+            inflight = self._keys[key].inflight
+            if inflight is not None and overlaps(key[1], toys) and (
+                inflight.published_ms <= published_ms
+            ):
+                inflight.followups.append((ident, published_ms))
+        return finished
+
+    def settled(self, job: Job) -> None:
+        """Report that a sent job's call has finished, whatever its outcome."""
+        now = self._clock()
+        job.state = "done"
+        if job.cls == "stop":
+            inflight = self._stops_inflight.get(job.uid, [])
+            if job in inflight:
+                inflight.remove(job)
+            if not inflight:
+                self._stops_inflight.pop(job.uid, None)
+            for key in self._uid_keys.get(job.uid, ()):
+                self._push(now, "key", key)
+            self._push(now, "stops", job.uid)
+            return
+        state = self._keys.get(job.key)
+        if state is not None and state.inflight is job:
+            state.inflight = None
+            self._push(now, "key", job.key)
+            self._forget_if_idle(job.key)
+        for stop_ident, stop_ms in job.followups:
+            follow = Job(ident=f"{stop_ident}:after:{job.ident}", uid=job.uid, toys=job.toys,
+                         cls="stop", route=job.route, published_ms=stop_ms,
+                         payload=("followup", job.payload))
+            follow.seq = next(self._seq)
+            self._stops.setdefault(job.uid, []).append(follow)
+            follow.state = "pending"
+        self._push(now, "stops", job.uid)
+
+    # ------------------------------------------------------------------ output
+
+    def poll(self) -> Tick:
+        """Return the jobs to send now, jobs finished unsent, and when to poll next."""
+        now = self._clock()
+        finished, self._finished = self._finished, []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, late = heapq.heappop(self._deadlines)
+            if late.state == "pending":
+                self._keys[late.key].pending.remove(late)
+                self._done(late)
+                self._forget_if_idle(late.key)
+                finished.append(Finished(late, "expired"))
+        due: dict[tuple[str, Any], None] = {}
+        while self._wake and self._wake[0][0] <= now:
+            _, _, kind, ref = heapq.heappop(self._wake)
+            due[(kind, ref)] = None
+        send: list[Job] = []
+        for kind, ref in due:
+            if kind == "stops":
+                send += self._release_stops(ref)
+            else:
+                job = self._release_key(ref, now)
+                if job is not None:
+                    send.append(job)
+        if now >= self._housekeeping_at:
+            self._housekeeping(now)
+        wake = min(
+            (t for t in (self._wake[0][0] if self._wake else None,
+                         self._deadlines[0][0] if self._deadlines else None) if t is not None),
+            default=None,
+        )
+        return Tick(send, finished, wake)
+
+    # ------------------------------------------------------------------ internals
+
+    def _push(self, when: float, kind: str, ref: Any) -> None:
+        heapq.heappush(self._wake, (when, next(self._seq), kind, ref))
+
+    def _state(self, key: Key) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+            self._uid_keys.setdefault(key[0], set()).add(key)
+        return state
+
+    def _forget_if_idle(self, key: Key) -> None:
+        state = self._keys.get(key)
+        if state is not None and not state.pending and state.inflight is None:
+            del self._keys[key]
+            keys = self._uid_keys.get(key[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._uid_keys[key[0]]
+
+    def _done(self, job: Job) -> None:
+        if job.state == "pending":
+            self._pending -= 1
+        job.state = "done"
+
+    def _remove(
+        self, key: Key, by: str, status: FinishStatus, which: Callable[[Job], bool]
+    ) -> list[Finished]:
+        state = self._keys.get(key)
+        if state is None:
+            return []
+        removed = [j for j in state.pending if which(j)]
+        if removed:
+            state.pending = deque(j for j in state.pending if not which(j))
+            for job in removed:
+                self._done(job)
+            self._forget_if_idle(key)
+        return [Finished(j, status, by) for j in removed]
+
+    def _remember_stop(self, ident: str) -> None:
+        self._seen_stops[ident] = None
+        if len(self._seen_stops) > _SEEN_STOPS:
+            self._seen_stops.popitem(last=False)
+
+    def _apply_watermark(
+        self, uid: str, toys: Toys, published_ms: float, ident: str
+    ) -> list[Finished]:
+        marks = self._watermarks.setdefault(uid, {})
+        for toy in (None,) if toys is None else toys:
+            current = marks.get(toy)
+            if current is None or current[0] < published_ms:
+                marks[toy] = (published_ms, ident)
+        finished: list[Finished] = []
+        for key in list(self._uid_keys.get(uid, ())):
+            if overlaps(key[1], toys):
+                finished += self._remove(key, ident, "superseded",
+                                         lambda j: j.published_ms <= published_ms)
+        return finished
+
+    def _submit_stop(self, stop: Job, now: float) -> list[Finished]:
+        self._remember_stop(stop.ident)
+        finished = self._apply_watermark(stop.uid, stop.toys, stop.published_ms, stop.ident)
+        stop.state = "pending"
+        self._stops.setdefault(stop.uid, []).append(stop)
+        self._push(now, "stops", stop.uid)
+        return finished
+
+    def _release_stops(self, uid: str) -> list[Job]:
+        waiting = self._stops.get(uid)
+        if not waiting:
+            return []
+        busy = [self._keys[k].inflight for k in self._uid_keys.get(uid, ())
+                if self._keys[k].inflight is not None]
+        ready = [s for s in waiting if not any(overlaps(s.toys, j.toys) for j in busy if j)]
+        if not ready:
+            return []
+        self._stops[uid] = [s for s in waiting if s not in ready]
+        if not self._stops[uid]:
+            del self._stops[uid]
+        self._stops_inflight.setdefault(uid, []).extend(ready)
+        for stop in ready:
+            stop.state = "sent"
+        return ready
+
+    def _blocked_by_stop(self, key: Key) -> bool:
+        uid, toys = key
+        for stops in (self._stops.get(uid, ()), self._stops_inflight.get(uid, ())):
+            if any(overlaps(s.toys, toys) for s in stops):
+                return True
+        return False
+
+    def _release_key(self, key: Key, now: float) -> Job | None:
+        state = self._keys.get(key)
+        if state is None or state.inflight is not None or not state.pending:
+            return None
+        if self._blocked_by_stop(key):
+            return None  # the Stop's settle wakes this key again
+        job = state.pending[0]
+        limit = self._limits.server if job.route == "server" else self._limits.lan
+        bucket = self._buckets.get((job.uid, job.route))
+        if bucket is None:
+            bucket = self._buckets[(job.uid, job.route)] = TokenBucket(limit, now)
+        wait = bucket.wait_ms(now)
+        if wait > 0:
+            self._push(now + wait, "key", key)
+            return None
+        bucket.take(now)
+        state.pending.popleft()
+        self._pending -= 1
+        job.state = "sent"
+        state.inflight = job
+        self._last_route.setdefault(job.uid, {})[job.route] = now
+        return job
+
+    def _housekeeping(self, now: float) -> None:
+        self._housekeeping_at = now + _HOUSEKEEPING_MS
+        for bucket_key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[bucket_key]
+        horizon = now - self._limits.watermark_ttl_ms
+        for uid in list(self._watermarks):
+            marks = {t: m for t, m in self._watermarks[uid].items() if m[0] >= horizon}
+            if marks:
+                self._watermarks[uid] = marks
+            else:
+                del self._watermarks[uid]
+        for uid in [u for u, r in self._last_route.items() if max(r.values()) < horizon]:
+            del self._last_route[uid]
