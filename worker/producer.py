@@ -29,6 +29,15 @@ from worker import topology
 from worker.messages import Result, result_decoder
 
 
+def is_stop(command: Mapping[str, Any]) -> bool:
+    """Return whether a command is a Stop, which travels on the Stop lane."""
+    name = command.get("command")
+    action = command.get("action")
+    return name == "Stop" or (
+        name == "Function" and isinstance(action, str) and action.strip() == "Stop"
+    )
+
+
 def routing_key_for(command: Mapping[str, Any]) -> str:
     """Return the consistent-hash routing key of a command: its uid (or first of uids)."""
     uid = command.get("uid")
@@ -48,6 +57,7 @@ class Producer:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._stop_exchange: AbstractExchange | None = None
         self._replies: AbstractQueue | None = None
         self._waiting: dict[str, asyncio.Future[Result]] = {}
 
@@ -68,6 +78,7 @@ class Producer:
         )
         self._channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await self._channel.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
+        self._stop_exchange = await self._channel.get_exchange(topology.STOP_EXCHANGE, ensure=True)
 
     async def close(self) -> None:
         """Close the connection; pending waits fail."""
@@ -84,9 +95,15 @@ class Producer:
         message_id: str | None = None,
         reply_to: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        exchange: str | None = None,
     ) -> str:
-        """Publish one command (a mapping, or raw JSON bytes); return its message id."""
-        assert self._exchange is not None, "connect() first"
+        """Publish one command (a mapping, or raw JSON bytes); return its message id.
+
+        Stops (``Stop``, or ``Function`` with action ``Stop``) go to the Stop lane,
+        ``lovense.stop``, so they never wait behind other commands; ``exchange``
+        overrides that choice.
+        """
+        assert self._exchange is not None and self._stop_exchange is not None, "connect() first"
         mapping: Mapping[str, Any]
         if isinstance(command, bytes):
             body = command
@@ -101,7 +118,10 @@ class Producer:
         ident = ident or uuid.uuid4().hex
         all_headers: dict[str, Any] = {topology.PUBLISHED_MS_HEADER: time.time_ns() // 1_000_000}
         all_headers.update(headers or {})
-        await self._exchange.publish(
+        target = self._stop_exchange if is_stop(mapping) else self._exchange
+        if exchange is not None:
+            target = await self._channel_exchange(exchange)
+        await target.publish(
             aio_pika.Message(
                 body,
                 content_type="application/json",
@@ -114,6 +134,10 @@ class Producer:
             routing_key=routing_key or routing_key_for(mapping),
         )
         return ident
+
+    async def _channel_exchange(self, name: str) -> AbstractExchange:
+        assert self._channel is not None, "connect() first"
+        return await self._channel.get_exchange(name, ensure=False)
 
     async def call(
         self, command: Mapping[str, Any] | bytes, *, timeout: float = 10.0, **kwargs: Any

@@ -232,7 +232,9 @@ class Runtime:
         for uid in cmd.targets:
             plan = plan_for(uid)
             recent = self.scheduler.recent_routes(uid, RECENT_ROUTE_MS)
-            plans = [p for p in (Plan("server"), plan) if isinstance(p, Plan)
+            # On every route this uid used recently (both, if both), else on its plan's route.
+            candidates = [Plan("server")] if plan == Plan("server") else [Plan("server"), plan]
+            plans = [p for p in candidates if isinstance(p, Plan)
                      and p.route in recent and (p.route == "server" or p.address is not None)]
             if not plans and isinstance(plan, Plan):
                 plans = [plan]
@@ -391,7 +393,7 @@ class Runtime:
         else:
             words = _UNSENT_WORDS[finished.status]
         self._end(message, ShareEnd(uid, Outcome(status=finished.status, message=words),
-                                    finished.by if finished.status == "superseded" else None))
+                                    finished.by))
 
     def _end(self, message: _Message, end: ShareEnd) -> None:
         message.ends.append(end)

@@ -191,9 +191,10 @@ class Scheduler:
 
     def remote_stop(self, uid: str, toys: Toys, published_ms: float, ident: str) -> list[Finished]:
         """Apply a Stop another replica sends: cancel, raise the watermark, follow up in-flight."""
-        if ident in self._seen_stops:
+        seen = f"{ident}@{published_ms}"
+        if seen in self._seen_stops:
             return []
-        self._remember_stop(ident)
+        self._remember_stop(seen)
         finished = self._apply_watermark(uid, toys, published_ms, ident)
         for key in self._uid_keys.get(uid, ()):
             inflight = self._keys[key].inflight
@@ -327,7 +328,13 @@ class Scheduler:
         return finished
 
     def _submit_stop(self, stop: Job, now: float) -> list[Finished]:
-        self._remember_stop(stop.ident)
+        self._remember_stop(f"{stop.ident}@{stop.published_ms}")
+        # The Stop log may have told us of this Stop first: it is sent now, so no follow-up.
+        for key in self._uid_keys.get(stop.uid, ()):
+            inflight = self._keys[key].inflight
+            if inflight is not None and inflight.followups:
+                inflight.followups = [f for f in inflight.followups
+                                      if f != (stop.ident, stop.published_ms)]
         finished = self._apply_watermark(stop.uid, stop.toys, stop.published_ms, stop.ident)
         stop.state = "pending"
         self._stops.setdefault(stop.uid, []).append(stop)

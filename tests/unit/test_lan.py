@@ -49,7 +49,8 @@ def test_name_is_case_insensitive_and_normalised() -> None:
         ("192-168-1-44.lovense.club.", "lan.domain: '192-168-1-44.lovense.club.' is not a dashed "
          "IPv4 address under lovense.club (like 192-168-1-44.lovense.club)"),
         ("１９２-168-1-44.lovense.club",
-         "lan.domain: '１９２-168-1-44.lovense.club' is not a dashed IPv4 address under lovense.club (like 192-168-1-44.lovense.club)"),
+         "lan.domain: '１９２-168-1-44.lovense.club' is not a dashed IPv4 address "
+         "under lovense.club (like 192-168-1-44.lovense.club)"),
     ],
 )
 def test_malformed_names_are_invalid(domain: str, message: str) -> None:

@@ -324,3 +324,14 @@ def test_property_nothing_sent_after_its_deadline(ops: list[Any]) -> None:
     for sent_at, sent in trace.sent:
         if sent.cls != "stop":
             assert sent_at < sent.deadline_ms
+
+
+def test_stop_seen_in_the_log_first_is_sent_once() -> None:
+    """A Stop the log announced before its own delivery arrived is sent once, not twice."""
+    s, clock = make()
+    s.submit(job("a"))
+    inflight = s.poll().send[0]
+    s.remote_stop("u", None, clock.ms, "stop-1")
+    s.submit(job("stop-1", cls="stop", published=clock.ms))
+    s.settled(inflight)
+    assert ids(s.poll().send) == ["stop-1"]

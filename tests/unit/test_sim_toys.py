@@ -7,7 +7,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from worker.simulator.lan_app import DEFAULT_TOYS, AppSpec, Faults, check_setup, lan_command
+from worker.simulator import RecordedRequest, Simulator
+from worker.simulator.lan_app import (
+    DEFAULT_TOYS,
+    AppSpec,
+    Faults,
+    SimApp,
+    Stage,
+    check_setup,
+    lan_command,
+)
 from worker.simulator.toys import (
     ActionPlan,
     FunctionCall,
@@ -442,3 +451,46 @@ def test_faults_reject_nonsense(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as info:
         Faults().configure(**kwargs)
     assert str(info.value) == message
+
+
+def test_callback_body_follows_the_docs_shape() -> None:
+    """The app's callback has the docs' fields, ports as strings, toys with numeric status."""
+    spec = AppSpec(uid="sim-user-1", https_port=30010, http_port=30011)
+    app = SimApp(spec, host="127.0.0.1", stage=Stage(record=False))
+    assert app.callback_body("s3cr3t") == {
+        "uid": "sim-user-1",
+        "appVersion": "7.76.0",
+        "toys": {
+            NORA: {"nickName": "", "name": "nora", "id": NORA, "status": 1},
+            MAX: {"nickName": "", "name": "max", "id": MAX, "status": 1},
+            SOLACE: {"nickName": "", "name": "solace pro", "id": SOLACE, "status": 1},
+        },
+        "wssPort": "30010",
+        "httpPort": "30011",
+        "wsPort": "30011",
+        "appType": "remote",
+        "domain": "127-0-0-1.lovense.club",
+        "utoken": "s3cr3t",
+        "httpsPort": "30010",
+        "version": "101",
+        "platform": "ios",
+    }
+
+
+def test_callback_without_qr_request_has_empty_utoken() -> None:
+    """An app whose uid never asked for a QR code calls back with utoken ""."""
+    assert Simulator().callback_body("sim-user-1")["utoken"] == ""
+
+
+def test_non_loopback_host_is_refused() -> None:
+    """The simulator listens on IPv4 loopback only."""
+    with pytest.raises(ValueError) as info:
+        Simulator(host="0.0.0.0")
+    assert str(info.value) == "host: 0.0.0.0 is not an IPv4 loopback address"
+
+
+def test_recorded_request_is_frozen() -> None:
+    """Recorded requests cannot be altered after the fact."""
+    request = RecordedRequest("server", None, "http", "POST", "/", {}, {}, 0, 200)
+    with pytest.raises(AttributeError):
+        request.status = 1  # type: ignore[misc]

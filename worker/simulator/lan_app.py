@@ -382,9 +382,9 @@ class SimApp:
         return self._offline
 
     async def start(self, context: ssl.SSLContext) -> None:
-        """Open the HTTPS and HTTP ports."""
-        if self._listener is None:
-            bindings = [(self.spec.https_port, context), (self.spec.http_port, None)]
+        """Open the HTTPS and HTTP ports (after a restart, the same ones with a new certificate)."""
+        if self._listener is None or not self._listener.running:
+            bindings = [(self.https_port, context), (self.http_port, None)]
             self._listener = Listener(self._handle, self._host, bindings)
         if not self._offline:
             await self._listener.start()

@@ -1,0 +1,227 @@
+"""The runtime shell with a fake Lovense: coalescing, Stops, batching and folding, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+
+from worker.config import Secret, Settings
+from worker.dispatch import Dispatcher
+from worker.lan import LanAddress
+from worker.lovense import Reply
+from worker.metrics import Metrics
+from worker.results import Delivery, Handled
+from worker.runtime import Runtime, epoch_ms, job_class, published_ms
+
+OK = Reply(code=200, ok=True, message="Success")
+
+
+class GatedUpstream:
+    """A fake Lovense that records calls and answers when its gate is open."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.answer: dict[str, Reply] = {}
+
+    async def server(self, path: str, body: Mapping[str, Any]) -> Reply:
+        self.calls.append(dict(body))
+        await self.gate.wait()
+        return self.answer.get(str(body.get("uid")), OK)
+
+    async def lan(self, address: LanAddress, body: Mapping[str, Any]) -> Reply:
+        self.calls.append(dict(body))
+        await self.gate.wait()
+        return Reply(code=200, ok=True, message="OK")
+
+
+def settings(**values: Any) -> Settings:
+    base: dict[str, Any] = {"developer_token": Secret("tok"), "server_rate": 1000.0,
+                            "server_burst": 1000, "batch_window_ms": 0}
+    base.update(values)
+    return Settings(**base)
+
+
+@pytest.fixture
+async def upstream() -> GatedUpstream:
+    return GatedUpstream()
+
+
+async def make_runtime(upstream: GatedUpstream, **values: Any) -> Runtime:
+    config = settings(**values)
+    runtime = Runtime(config, Dispatcher(config, upstream, Metrics()), Metrics())
+    runtime.start()
+    return runtime
+
+
+@pytest.fixture
+async def runtime(upstream: GatedUpstream) -> AsyncIterator[Runtime]:
+    running = await make_runtime(upstream)
+    yield running
+    await running.close()
+
+
+def delivery(command: dict[str, Any], published: float | None = None) -> Delivery:
+    headers = {"x-lovense-published-ms": int(published if published is not None else epoch_ms())}
+    return Delivery(body=msgspec.json.encode(command), message_id=command.get("id"),
+                    headers=headers)
+
+
+def start(runtime: Runtime, command: dict[str, Any], **kw: Any) -> asyncio.Task[Handled]:
+    return asyncio.get_running_loop().create_task(runtime.handle(delivery(command, **kw)))
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def vibrate(ident: str, uid: str = "u", level: int = 5, **extra: Any) -> dict[str, Any]:
+    return {"command": "Function", "uid": uid, "id": ident, "action": f"Vibrate:{level}",
+            "timeSec": 10, **extra}
+
+
+async def test_latest_wins_while_a_call_is_in_flight(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """Commands queued behind an in-flight call are replaced by the newest one."""
+    upstream.gate.clear()
+    first = start(runtime, vibrate("c1", level=1))
+    await settle()
+    middle = [start(runtime, vibrate(f"c{n}", level=n)) for n in range(2, 6)]
+    await settle()
+    upstream.gate.set()
+    results = [t.result() for t in await asyncio.wait_for(asyncio.gather(first, *middle), 5)
+               and [first, *middle]]
+    assert [r.result.status for r in results] == ["ok", "superseded", "superseded",
+                                                  "superseded", "ok"]
+    assert [r.result.supersededBy for r in results] == [None, "c3", "c4", "c5", None]
+    assert [c["action"] for c in upstream.calls] == ["Vibrate:1", "Vibrate:5"]
+
+
+async def test_stop_cancels_pending_and_lands_after_the_call_in_flight(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A Stop supersedes pending work and is sent only after the in-flight call answers."""
+    upstream.gate.clear()
+    first = start(runtime, vibrate("c1"))
+    await settle()
+    pending = start(runtime, vibrate("c2", level=9))
+    await settle()
+    stop = start(runtime, {"command": "Stop", "uid": "u", "id": "s1"})
+    await settle()
+    assert [c["action"] for c in upstream.calls] == ["Vibrate:5"]
+    upstream.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(first, pending, stop), 5)
+    assert [(h.result.status, h.result.supersededBy) for h in done] == [
+        ("ok", None), ("superseded", "s1"), ("ok", None)]
+    assert [c["action"] for c in upstream.calls] == ["Vibrate:5", "Stop"]
+
+
+async def test_command_published_before_an_earlier_seen_stop_never_fires(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A command that arrives after a Stop but was published before it is superseded unsent."""
+    now = epoch_ms()
+    await runtime.handle(delivery({"command": "Stop", "uid": "u", "id": "s1"}, published=now))
+    late = await runtime.handle(delivery(vibrate("old"), published=now - 50))
+    assert (late.result.status, late.result.supersededBy) == ("superseded", "s1")
+    assert [c["action"] for c in upstream.calls] == ["Stop"]
+
+
+async def test_expired_on_arrival_is_never_sent(runtime: Runtime, upstream: GatedUpstream) -> None:
+    """A command older than its TTL gets status expired and no call."""
+    handled = await runtime.handle(delivery(vibrate("old", ttlMs=100), published=epoch_ms() - 500))
+    assert (handled.result.status, handled.result.message) == ("expired",
+                                                               "not sent by its deadline")
+    assert upstream.calls == []
+
+
+async def test_queue_overflow_drops_the_oldest(upstream: GatedUpstream) -> None:
+    """stopPrevious 0 commands beyond LOVENSE_KEY_QUEUE drop the oldest waiting one."""
+    runtime = await make_runtime(upstream, key_queue=2)
+    upstream.gate.clear()
+    tasks = [start(runtime, vibrate("q0", stopPrevious=0))]
+    await settle()
+    tasks += [start(runtime, vibrate(f"q{n}", stopPrevious=0)) for n in range(1, 4)]
+    await settle()
+    upstream.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    await runtime.close()
+    assert [h.result.status for h in done] == ["ok", "dropped", "ok", "ok"]
+
+
+async def test_identical_commands_share_one_server_call(upstream: GatedUpstream) -> None:
+    """Identical toy-less commands for different users within the window become one call."""
+    runtime = await make_runtime(upstream, batch_window_ms=50)
+    tasks = [start(runtime, vibrate(f"b{n}", uid=f"user{n}")) for n in range(3)]
+    done = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    await runtime.close()
+    assert [c["uid"] for c in upstream.calls] == ["user0,user1,user2"]
+    assert {h.result.status for h in done} == {"ok"}
+
+
+async def test_multi_user_message_splits_into_calls_and_folds_partial_failure(
+    upstream: GatedUpstream,
+) -> None:
+    """A uids message goes out in calls of at most N users; a failed call lists its users."""
+    runtime = await make_runtime(upstream, max_uids_per_call=2, batch_window_ms=20)
+    upstream.answer["c"] = Reply(code=507, ok=False, message="Lovense app is offline")
+    handled = await asyncio.wait_for(runtime.handle(delivery(
+        {"command": "Preset", "uids": ["a", "b", "c"], "name": "wave", "timeSec": 5, "id": "m"})),
+        5)
+    await runtime.close()
+    assert sorted(c["uid"] for c in upstream.calls) == ["a,b", "c"]
+    result = handled.result
+    assert (result.status, result.failedUids, result.attempts) == ("failed", ["c"], 2)
+    assert result.message == "1 of 3 users failed: Lovense app is offline"
+
+
+async def test_per_uid_rate_limit_does_not_delay_other_uids(upstream: GatedUpstream) -> None:
+    """A uid out of tokens waits while another uid's command goes out at once."""
+    runtime = await make_runtime(upstream, server_rate=1.0, server_burst=1)
+    await runtime.handle(delivery(vibrate("a1", uid="a")))
+    waiting = start(runtime, vibrate("a2", uid="a", level=6))
+    other = await asyncio.wait_for(runtime.handle(delivery(vibrate("b1", uid="b"))), 0.5)
+    assert other.result.status == "ok"
+    assert not waiting.done()
+    assert (await asyncio.wait_for(waiting, 2)).result.status == "ok"
+    await runtime.close()
+
+
+def test_published_ms_header_parsing() -> None:
+    """The publish-time header is read as a number; anything else counts as absent."""
+    assert published_ms({"x-lovense-published-ms": 1700000000123}) == 1700000000123
+    assert published_ms({"x-lovense-published-ms": b"1700000000123"}) == 1700000000123
+    assert published_ms({"x-lovense-published-ms": "soon"}) is None
+    assert published_ms({"x-lovense-published-ms": True}) is None
+    assert published_ms(None) is None
+
+
+def test_job_classes_follow_the_commands() -> None:
+    """Functions replace or queue by stopPrevious; Stops stop; PatternV2 keeps order."""
+    from worker.messages import command_decoder
+
+    def kind(raw: str) -> str:
+        return job_class(command_decoder.decode(raw.encode()))
+
+    assert kind('{"command":"Function","uid":"u","action":"Vibrate:1","timeSec":2}') == "replace"
+    assert kind('{"command":"Function","uid":"u","action":"Vibrate:1","timeSec":2,'
+                '"stopPrevious":0}') == "queue"
+    assert kind('{"command":"Function","uid":"u","action":"Stop"}') == "stop"
+    assert kind('{"command":"Stop","uid":"u"}') == "stop"
+    assert kind('{"command":"PatternV2","uid":"u","type":"Stop"}') == "ordered"
+    assert kind('{"command":"Preset","uid":"u","name":"wave","timeSec":0}') == "replace"
+
+
+def test_rfc3339_is_utc_with_milliseconds() -> None:
+    """Result times are RFC 3339 UTC with milliseconds."""
+    from worker.results import rfc3339
+
+    assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
