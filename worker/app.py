@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from types import TracebackType
 
 import structlog
 
+from worker.breaker import Breakers
 from worker.broker import Broker
 from worker.config import Settings
 from worker.dispatch import Dispatcher
 from worker.health import HealthServer
 from worker.lovense import LovenseClient
 from worker.metrics import Metrics
+from worker.pairing import Pairing
+from worker.registry import Registry
+from worker.registry_log import RegistryLog
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.app")
@@ -37,8 +42,13 @@ class Worker:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._client = client or LovenseClient(settings)
-        dispatcher = Dispatcher(settings, self._client, self.metrics)
+        self.registry = Registry(settings.lan_ttl_s, time.time)
+        self.pairing = Pairing(settings, self.registry, self.metrics)
+        breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s, time.monotonic)
+        dispatcher = Dispatcher(settings, self._client, self.metrics, registry=self.registry,
+                                breakers=breakers)
         self.runtime = Runtime(settings, dispatcher, self.metrics)
+        self.registry_log: RegistryLog | None = None
         self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics)
         self.health: HealthServer | None = None
         if settings.metrics_port:
@@ -51,11 +61,22 @@ class Worker:
         """Connect, declare, serve health, and start consuming."""
         if self.health is not None:
             await self.health.start()
+        if not self.settings.utoken_secret and self.settings.allow_unverified_callbacks:
+            log.warning("unverified_callbacks_accepted",
+                        why="LOVENSE_UTOKEN_SECRET is unset and "
+                        "LOVENSE_ALLOW_UNVERIFIED_CALLBACKS=1: anyone who can publish a callback "
+                        "can name any allowed address for any uid")
         await self.broker.connect()
+        self.registry_log = RegistryLog(self.broker.connection, self.pairing,
+                                        self.settings.lan_ttl_s, self.settings.snapshot_interval_s)
+        await self.registry_log.declare(self.broker.publisher)
         self.runtime.start()
         self.runtime.announce_stop = self.broker.announce_stop
-        # Watermarks first: no command is taken before every Stop of the last hour is known.
+        self.runtime.announce_forget = self.registry_log.announce_forget
+        # Watermarks and endpoints first: no command is taken before every Stop of the last
+        # hour and every paired user's endpoint is known.
         await self.broker.follow_stop_log(self.runtime.remote_stop)
+        await self.registry_log.start(self.broker.publisher, self.broker.dead_letter)
         await self.broker.consume(self.runtime.handle)
         log.info(
             "worker_started", shards=self.settings.shards, api_base=self.settings.api_base,
@@ -71,6 +92,8 @@ class Worker:
         if left:
             log.warning("shutdown_grace_exceeded", unfinished=left)
         await self.runtime.close()
+        if self.registry_log is not None:
+            await self.registry_log.close()
         await self.broker.close()
         await self._client.aclose()
         if self.health is not None:

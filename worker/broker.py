@@ -224,7 +224,7 @@ class Broker:
         """Publish the result, dead-letter if asked, then ack: the one ack decision."""
         await self.publish_result(handled.result, message.reply_to, message.correlation_id)
         if handled.dead_letter is not None:
-            await self._dead_letter(message, handled.dead_letter)
+            await self.dead_letter(message, handled.dead_letter, "invalid")
         await message.ack()
 
     async def publish_result(
@@ -249,7 +249,20 @@ class Broker:
             )
         await asyncio.gather(*sends)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """Return the main connection (commands, results, callbacks)."""
+        assert self._connection is not None, "connect() first"
+        return self._connection
+
+    @property
+    def publisher(self) -> AbstractChannel:
+        """Return the publishing channel (publisher confirms on)."""
+        assert self._publisher is not None, "connect() first"
+        return self._publisher
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, kind: str) -> None:
+        """Republish a message to lovense.dead with why, in ``x-lovense-error``."""
         assert self._dead is not None
         headers = dict(message.headers or {})
         headers[topology.ERROR_HEADER] = reason[:1024]
@@ -265,5 +278,5 @@ class Broker:
             ),
             routing_key="",
         )
-        self._metrics.dead_letters.labels("invalid").inc()
-        log.info("command_dead_lettered", reason=reason)
+        self._metrics.dead_letters.labels(kind).inc()
+        log.info("message_dead_lettered", kind=kind, reason=reason)

@@ -88,6 +88,12 @@ def _float_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _flag(raw: str) -> bool:
+    if raw not in ("0", "1", "true", "false"):
+        raise ValueError(f"must be 0 or 1, got {raw!r}")
+    return raw in ("1", "true")
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -205,6 +211,21 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             _int_in(0, 86_400)),
     Setting("LOVENSE_STOP_RETRY_S", "stop_retry_s", "30", "s",
             "how long a Stop keeps retrying before its result is failed", _int_in(0, 3600)),
+    Setting("LOVENSE_ALLOW_UNVERIFIED_CALLBACKS", "allow_unverified_callbacks", "0", "0|1",
+            "accept callbacks without a verifiable utoken when LOVENSE_UTOKEN_SECRET is unset "
+            "(unsafe; the worker warns at start-up)", _flag),
+    Setting("LOVENSE_LAN_TTL_S", "lan_ttl_s", "86400", "s",
+            "a LAN endpoint not refreshed by a callback within this is forgotten; also the "
+            "callback log's max age", _int_in(60, 30 * 86400)),
+    Setting("LOVENSE_SNAPSHOT_INTERVAL_S", "snapshot_interval_s", "300", "s",
+            "how often a replica writes a registry snapshot (start-up reads the newest, then "
+            "the log after it)", _int_in(5, 86400)),
+    Setting("LOVENSE_BREAKER_FAILURES", "breaker_failures", "3", "calls",
+            "LAN calls in a row that never reached an app before its circuit opens",
+            _int_in(1, 1000)),
+    Setting("LOVENSE_BREAKER_COOLDOWN_S", "breaker_cooldown_s", "30", "s",
+            "how long an open circuit skips the app's LAN endpoint before one trial call",
+            _int_in(1, 86400)),
     Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
             "most open HTTP connections per route", _int_in(1, 100_000)),
 )
@@ -249,6 +270,11 @@ class Settings:
     lan_fanout: int = 100
     max_time_sec: int = 0
     stop_retry_s: int = 30
+    allow_unverified_callbacks: bool = False
+    lan_ttl_s: int = 86400
+    snapshot_interval_s: int = 300
+    breaker_failures: int = 3
+    breaker_cooldown_s: int = 30
     http_connections: int = 512
 
     def __repr__(self) -> str:

@@ -19,12 +19,15 @@ from typing import Any, Final, Literal, Protocol
 import msgspec
 
 from worker import bodies, codes, rules
+from worker.breaker import Breakers
 from worker.config import Settings
 from worker.errors import InvalidCommand, MaybeDelivered, NotDelivered, UpstreamError
 from worker.lan import LanAddress, open_door
 from worker.lovense import SERVER_COMMAND_PATH, SERVER_QR_PATH, Reply
 from worker.messages import Command, GetQrCode, GetToys, LanTarget, Status, Via
 from worker.metrics import Metrics
+from worker.registry import Registry
+from worker.toys import functions_of, unsupported
 
 Route = Literal["lan", "server"]
 QR_LIFETIME: Final = timedelta(hours=4)
@@ -52,6 +55,8 @@ class Outcome:
     attempts: int = 0
     fallback: bool = False
     failed_uids: list[str] = field(default_factory=list)
+    #: The call provably never reached Lovense (safe to carry elsewhere).
+    not_delivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class Plan:
 
     route: Route
     address: LanAddress | None = None
+    #: The LAN was wanted but its circuit is open, so the server carries it.
+    fallback: bool = False
 
 
 def choose_route(cmd: Command, endpoint: LanTarget | None) -> Route | Outcome:
@@ -101,6 +108,10 @@ def shape_data(cmd: Command, reply: Reply, now: datetime) -> Any:
     return data
 
 
+def _endpoint_key(address: LanAddress) -> str:
+    return f"{address.ip}:{address.port}"
+
+
 def stop_backoff_s(attempt: int, *, base: float = 0.1, cap: float = 2.0,
                    rand: Callable[[], float] = random.random) -> float:
     """Return the jittered exponential delay before retry ``attempt`` (1-based) of a Stop."""
@@ -117,26 +128,55 @@ class Dispatcher:
         metrics: Metrics,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        registry: Registry | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self._settings = settings
         self._upstream = upstream
         self._metrics = metrics
         self._now = now
+        self.registry = registry
+        self.breakers = breakers
 
     def endpoint_for(self, cmd: Command, uid: str) -> LanTarget | None:
-        """Return the LAN app to call for this user, if one is known."""
-        return cmd.lan
+        """Return the LAN app to call for this user: the command's own, else a fresh paired one."""
+        if cmd.lan is not None:
+            return cmd.lan
+        if self.registry is None or not self._settings.lan_enabled:
+            return None
+        known = self.registry.get(uid)
+        if known is None or not (known.verified or self._settings.allow_unverified_callbacks):
+            return None
+        return known.target
+
+    def toy_problem(self, cmd: Command, uid: str) -> str | None:
+        """Return why the toy a command names cannot do it, as far as the registry knows."""
+        if cmd.toy is None or self.registry is None:
+            return None
+        known = self.registry.get(uid, fresh_only=False)
+        if known is None:
+            return None
+        named = [cmd.toy] if isinstance(cmd.toy, str) else cmd.toy
+        toys = [(t[0], t[1], functions_of(t[1], t[4])) for t in known.toys if t[0] in named]
+        return unsupported(cmd, toys)
 
     def plan(self, cmd: Command, endpoint: LanTarget | None) -> Plan | Outcome:
         """Return how a share travels given its LAN endpoint, or the Outcome that ends it unsent."""
         route = choose_route(cmd, endpoint)
         if isinstance(route, Outcome):
             return route
+        fallback = False
         try:
             if route == "lan":
                 assert endpoint is not None
-                return Plan("lan", open_door(endpoint.domain, endpoint.httpsPort,
-                                             self._settings.lan_allow))
+                address = open_door(endpoint.domain, endpoint.httpsPort, self._settings.lan_allow)
+                if self.breakers is None or self.breakers.allow(_endpoint_key(address)):
+                    return Plan("lan", address)
+                if cmd.mode == "lan" or rules.needs_lan(cmd):
+                    return Outcome(status="failed", via="lan", message=(
+                        f"the LAN endpoint {address.ip}:{address.port} is failing; its circuit "
+                        f"is open for up to {self._settings.breaker_cooldown_s} s"))
+                fallback = True
             rules.check_route(cmd, "server")
         except InvalidCommand as exc:
             return Outcome(status="invalid", message=str(exc))
@@ -148,7 +188,7 @@ class Dispatcher:
                 message="no Lovense developer token is configured (set LOVENSE_DEVELOPER_TOKEN "
                 "or LOVENSE_DEVELOPER_TOKEN_FILE)",
             )
-        return Plan("server")
+        return Plan("server", fallback=fallback)
 
     async def _call(self, route: Route, command: str, call: Awaitable[Reply]) -> Reply:
         start = time.perf_counter()
@@ -182,11 +222,38 @@ class Dispatcher:
     async def lan(self, cmd: Command, address: LanAddress) -> Outcome:
         """Send a command to one user's Remote app."""
         body = bodies.lan_body(cmd, self._settings.max_time_sec)
+        key = _endpoint_key(address)
         try:
             reply = await self._call("lan", cmd.kind, self._upstream.lan(address, body))
         except UpstreamError as exc:
-            return Outcome(status="failed", via="lan", message=str(exc), attempts=1)
-        return self._from_reply(cmd, reply, "lan")
+            never = isinstance(exc, NotDelivered)
+            if never and self.breakers is not None and self.breakers.failure(key):
+                self._metrics.circuit_opened.labels("lan").inc()
+            self._track_circuits()
+            return Outcome(status="failed", via="lan", message=str(exc), attempts=1,
+                           not_delivered=never)
+        if self.breakers is not None:
+            self.breakers.success(key)
+            self._track_circuits()
+        outcome = self._from_reply(cmd, reply, "lan")
+        if isinstance(cmd, GetToys) and outcome.status == "ok" and self.registry is not None:
+            self._learn_toys(cmd, outcome.data)
+        return outcome
+
+    def _track_circuits(self) -> None:
+        if self.breakers is not None:
+            self._metrics.circuits_open.labels("lan").set(self.breakers.open_count())
+
+    def _learn_toys(self, cmd: GetToys, data: Any) -> None:
+        toys = data.get("toys") if isinstance(data, dict) else None
+        if not isinstance(toys, dict) or cmd.uid is None or self.registry is None:
+            return
+        functions = {
+            str(toy_id): [str(f) for f in toy.get("fullFunctionNames", [])]
+            for toy_id, toy in toys.items()
+            if isinstance(toy, dict) and isinstance(toy.get("fullFunctionNames"), list)
+        }
+        self.registry.learn_functions(cmd.uid, functions)
 
     async def server(self, cmd: Command, uids: list[str]) -> Outcome:
         """Send a command for these users (at most LOVENSE_MAX_UIDS_PER_CALL) in one call."""

@@ -153,13 +153,19 @@ class GetQrCode(_Command, tag="GetQrCode"):
     v: Literal[2] = 2
 
 
+class Forget(_Command, tag="Forget"):
+    """Erase a user's LAN endpoint from every replica's registry and from replays."""
+
+
 Command = (
     Function | Stop | Pattern | PatternV2 | Preset | Position | GetToys | GetToyName | GetQrCode
+    | Forget
 )
 
 COMMAND_NAMES: Final[frozenset[str]] = frozenset(
     str(t.__struct_config__.tag)
-    for t in (Function, Stop, Pattern, PatternV2, Preset, Position, GetToys, GetToyName, GetQrCode)
+    for t in (Function, Stop, Pattern, PatternV2, Preset, Position, GetToys, GetToyName, GetQrCode,
+              Forget)
 )
 
 

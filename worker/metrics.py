@@ -70,6 +70,25 @@ class Metrics:
             "lovense_worker_end_to_end_seconds", "From publish to result, by command.",
             ["command"], buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.circuits_open = Gauge(
+            "lovense_worker_circuits_open", "Endpoints whose circuit is open, by route.",
+            ["route"], registry=r,
+        )
+        self.circuit_opened = Counter(
+            "lovense_worker_circuit_opened", "Times a circuit opened, by route.", ["route"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "lovense_worker_fallbacks", "Commands the server carried after the LAN failed.",
+            ["command"], registry=r,
+        )
+        self.registry_users = Gauge(
+            "lovense_worker_registry_users", "Users with a known LAN endpoint.", registry=r,
+        )
+        self.callbacks = Counter(
+            "lovense_worker_callbacks", "Callbacks handled, by outcome (accepted, refused).",
+            ["outcome"], registry=r,
+        )
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )

@@ -20,6 +20,7 @@ from worker.messages import (
     LAN_ONLY_COMMANDS,
     SERVER_ONLY_COMMANDS,
     Command,
+    Forget,
     Function,
     GetQrCode,
     GetToyName,
@@ -104,7 +105,7 @@ def validate(cmd: Command) -> None:
             _check_preset(cmd)
         case Position():
             position_value(cmd)
-        case GetQrCode():
+        case GetQrCode() | Forget():
             _check_qr_code(cmd)
         case Stop() | GetToys() | GetToyName():
             pass
@@ -455,14 +456,16 @@ def _check_preset(cmd: Preset) -> None:
     _check_time_sec(cmd.timeSec, required=True)
 
 
-def _check_qr_code(cmd: GetQrCode) -> None:
-    """Check that GetQrCode pairs exactly one user and names no toy or LAN app."""
+def _check_qr_code(cmd: GetQrCode | Forget) -> None:
+    """Check that GetQrCode or Forget names exactly one user and no toy or LAN app."""
+    verb = "pairs" if isinstance(cmd, GetQrCode) else "erases"
     if cmd.uids is not None:
-        raise InvalidCommand("uids: GetQrCode pairs one user; give a single uid")
+        raise InvalidCommand(f"uids: {cmd.kind} {verb} one user; give a single uid")
     if cmd.toy is not None:
-        raise InvalidCommand("toy: GetQrCode takes no toy; remove it")
+        raise InvalidCommand(f"toy: {cmd.kind} takes no toy; remove it")
     if cmd.lan is not None:
-        raise InvalidCommand("lan: GetQrCode goes to Lovense's server; remove lan")
+        where = "goes to Lovense's server" if isinstance(cmd, GetQrCode) else "names no app"
+        raise InvalidCommand(f"lan: {cmd.kind} {where}; remove lan")
 
 
 def _check_time_sec(seconds: float | None, *, required: bool) -> None:

@@ -17,19 +17,19 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 import structlog
 
-from worker import bodies, intake, topology
+from worker import bodies, intake, rules, topology
 from worker.batching import Batcher
 from worker.config import Settings
 from worker.dispatch import Dispatcher, Outcome, Plan
 from worker.errors import InvalidCommand
-from worker.messages import Command, Function, GetQrCode, LanTarget, Stop
+from worker.messages import Command, Forget, Function, GetQrCode, LanTarget, Stop
 from worker.metrics import Metrics
 from worker.ratelimit import Limit, TokenBucket
 from worker.results import Delivery, Handled, ShareEnd, fold, make_result
@@ -128,6 +128,8 @@ class Runtime:
         self._loop: asyncio.Task[None] | None = None
         #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
         self.announce_stop: Callable[[Delivery], Coroutine[Any, Any, None]] | None = None
+        #: Set by the broker: writes a tombstone for a uid to the callback log.
+        self.announce_forget: Callable[[str], Coroutine[Any, Any, None]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,6 +167,8 @@ class Runtime:
             message_id=message.ident,
             uid=cmd.uid if cmd.uid is not None else f"{len(cmd.targets)} users",
         )
+        if isinstance(cmd, Forget):
+            return await self._forget(message)
         self._messages.add(message)
         if is_stop(cmd):
             self._submit_stop(message)
@@ -217,6 +221,9 @@ class Runtime:
         plan_for = self._plans(cmd)
         for uid in cmd.targets:
             plan = plan_for(uid)
+            problem = self._dispatcher.toy_problem(cmd, uid)
+            if problem is not None:
+                plan = Outcome(status="invalid", message=problem)
             if isinstance(plan, Outcome):
                 self._end(message, ShareEnd(uid, plan))
                 continue
@@ -333,7 +340,10 @@ class Runtime:
         for carried in {job.payload[0] for job in live}:
             carried.calls += 1
         for job in live:
-            self._settle(job, outcome)
+            plan: Plan = job.payload[2]
+            if plan.fallback:
+                self._metrics.fallbacks.labels(message.cmd.kind).inc()
+            self._settle(job, replace(outcome, fallback=True) if plan.fallback else outcome)
 
     async def _send_lan(self, job: Job) -> None:
         message, _uid, plan = job.payload
@@ -349,7 +359,24 @@ class Runtime:
         assert plan.address is not None
         outcome = await self._dispatcher.lan(message.cmd, plan.address)
         message.calls += 1
+        if outcome.not_delivered and self._may_fall_back(message, job):
+            # The app provably never got it: the server carries it, within the deadline.
+            await self._take_server_slot()
+            if self._still_wanted([job]):
+                outcome = replace(await self._dispatcher.server(message.cmd, [job.uid]),
+                                  fallback=True)
+                message.calls += 1
+                self._metrics.fallbacks.labels(message.cmd.kind).inc()
+            else:
+                return
         self._settle(job, outcome)
+
+    def _may_fall_back(self, message: _Message, job: Job) -> bool:
+        cmd = message.cmd
+        return (
+            cmd.mode == "auto" and bool(self._settings.developer_token)
+            and not rules.needs_lan(cmd) and job.deadline_ms > self._clock_ms()
+        )
 
     async def _send_stop(self, job: Job) -> None:
         give_up_at = time.monotonic() + self._settings.stop_retry_s
@@ -421,6 +448,19 @@ class Runtime:
         )
         dead = outcome.message if outcome.status == "invalid" else None
         message.future.set_result(Handled(result, dead_letter=dead))
+
+    async def _forget(self, message: _Message) -> Handled:
+        uid = message.cmd.targets[0]
+        known = False
+        if self._dispatcher.registry is not None:
+            known = self._dispatcher.registry.forget(uid)
+        if self.announce_forget is not None:
+            await self.announce_forget(uid)
+        words = ("forgotten on every replica; a tombstone keeps replays and snapshots from "
+                 "bringing it back") if known else "not known here; a tombstone was written anyway"
+        message.ends.append(ShareEnd(uid, Outcome(status="ok", message=words)))
+        self._complete(message)
+        return message.future.result()
 
     def _invalid(self, delivery: Delivery, reason: str, received: datetime) -> Handled:
         command, uids, peeked = intake.peek(delivery.body)

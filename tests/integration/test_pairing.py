@@ -1,0 +1,146 @@
+"""Pairing and the LAN registry through the real broker and the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aio_pika
+import msgspec
+
+from tests.integration.support import AMQP_URL, ResultLog, worker_settings
+from worker import topology
+from worker.app import Worker
+from worker.config import Secret
+from worker.producer import Producer
+from worker.simulator import Simulator
+
+SECRET = Secret("pairing-secret")
+
+
+async def post_callback(body: dict[str, Any] | bytes) -> None:
+    """Forward a callback body to lovense.callbacks, as a platform's callback handler does."""
+    raw = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topology.CALLBACKS_EXCHANGE)
+        await exchange.publish(aio_pika.Message(raw), routing_key="")
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    """Wait until ``check()`` is true."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def pair(sim: Simulator, producer: Producer, uid: str) -> dict[str, Any]:
+    """Run GetQrCode for uid and return the callback the app posts after the scan."""
+    result = await producer.call({"command": "GetQrCode", "uid": uid, "uname": "Pat"})
+    assert result.status == "ok", result.message
+    body = sim.callback_body(uid)
+    await post_callback(body)
+    return body
+
+
+async def test_qr_scan_callback_then_auto_goes_over_the_lan(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """GetQrCode, the app's callback with the utoken it was given, then mode auto uses the LAN."""
+    app = sim.apps[0]
+    async with Worker(worker_settings(sim, utoken_secret=SECRET)) as worker:
+        body = await pair(sim, producer, app.uid)
+        assert body["utoken"] == sim.qr_requests[app.uid]["utoken"] != ""
+        await until(lambda: worker.registry.get(app.uid) is not None)
+        sim.clear()
+        result = await producer.call({"command": "Function", "uid": app.uid,
+                                      "action": "Vibrate:8", "timeSec": 5})
+    assert (result.status, result.via, result.fallback) == ("ok", "lan", False)
+    [seen] = sim.requests
+    assert (seen.side, seen.app, seen.body["action"]) == ("lan", app.uid, "Vibrate:8")
+
+
+async def test_endpoint_survives_restart_and_reaches_a_second_worker(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """A restarted worker, and another started later, route the first command over the LAN."""
+    app = sim.apps[0]
+    settings = worker_settings(sim, utoken_secret=SECRET)
+    async with Worker(settings) as worker:
+        await pair(sim, producer, app.uid)
+        await until(lambda: worker.registry.get(app.uid) is not None)
+    async with Worker(settings) as restarted:
+        assert restarted.registry.get(app.uid) is not None
+        sim.clear()
+        first = await producer.call({"command": "Preset", "uid": app.uid, "name": "wave",
+                                     "timeSec": 3})
+    assert (first.status, first.via) == ("ok", "lan")
+    async with Worker(settings) as second:
+        assert second.registry.get(app.uid) is not None
+        await second.registry_log.write_snapshot()  # type: ignore[union-attr]
+    async with Worker(settings) as from_snapshot:
+        assert from_snapshot.registry.get(app.uid) is not None
+
+
+async def test_lan_app_going_away_falls_back_and_the_circuit_opens_and_closes(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """With the app gone, commands fall back to the server; the circuit opens, then closes."""
+    app = sim.apps[0]
+    settings = worker_settings(sim, utoken_secret=SECRET, breaker_failures=2,
+                               breaker_cooldown_s=1)
+    async with Worker(settings) as worker:
+        await pair(sim, producer, app.uid)
+        await until(lambda: worker.registry.get(app.uid) is not None)
+        await app.go_offline()
+        sim.clear()
+        fell = [await producer.call({"command": "Function", "uid": app.uid,
+                                     "action": f"Vibrate:{n}", "timeSec": 2}) for n in (1, 2, 3)]
+        tried_lan = [r for r in sim.requests if r.side == "lan"]
+        open_gauge = worker.metrics.circuits_open.labels("lan")._value.get()
+        await app.go_online()
+        await asyncio.sleep(1.1)
+        sim.clear()
+        back = await producer.call({"command": "Function", "uid": app.uid,
+                                    "action": "Vibrate:4", "timeSec": 2})
+        closed_gauge = worker.metrics.circuits_open.labels("lan")._value.get()
+    assert [(r.status, r.via, r.fallback) for r in fell] == [("ok", "server", True)] * 3
+    assert tried_lan == []  # refused connections are never recorded by the app
+    assert (open_gauge, closed_gauge) == (1, 0)
+    assert (back.status, back.via, back.fallback) == ("ok", "lan", False)
+
+
+async def test_forget_removes_a_user_everywhere_and_after_restart(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """Forget erases the endpoint on every replica, and replays after a restart keep it gone."""
+    app = sim.apps[0]
+    settings = worker_settings(sim, utoken_secret=SECRET)
+    async with Worker(settings) as one, Worker(settings) as two:
+        await pair(sim, producer, app.uid)
+        await until(lambda: two.registry.get(app.uid) is not None
+                    and one.registry.get(app.uid) is not None)
+        forgotten = await producer.call({"command": "Forget", "uid": app.uid})
+        await until(lambda: app.uid not in one.registry and app.uid not in two.registry)
+    assert forgotten.status == "ok"
+    async with Worker(settings) as restarted:
+        assert app.uid not in restarted.registry
+        result = await producer.call({"command": "Function", "uid": app.uid,
+                                      "action": "Vibrate:3", "timeSec": 2})
+    assert result.via == "server"
+
+
+async def test_toy_that_cannot_do_it_is_refused(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """Rotate to the paired Max is invalid, naming what the Max can do."""
+    app = sim.apps[0]
+    async with Worker(worker_settings(sim, utoken_secret=SECRET)) as worker:
+        await pair(sim, producer, app.uid)
+        await until(lambda: worker.registry.get(app.uid) is not None)
+        result = await producer.call({"command": "Function", "uid": app.uid,
+                                      "toy": "ff922f7fd345", "action": "Rotate:5",
+                                      "timeSec": 2})
+    assert (result.status, result.message) == (
+        "invalid", "toy: Max ff922f7fd345 cannot Rotate; it can Pump, Vibrate")

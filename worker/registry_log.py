@@ -1,0 +1,272 @@
+"""The registry's broker shell: callback log, validator queue and snapshots (aio-pika).
+
+Part of the broker shell, kept apart from :mod:`worker.broker` because it owns
+three streams' worth of lifecycle:
+
+* ``lovense.callbacks`` (quorum queue, single active consumer): one replica
+  validates each callback and dead-letters refused ones with the reason.
+* ``lovense.callbacks.log`` (stream, max age ``LOVENSE_LAN_TTL_S``): every
+  replica applies it to its registry, after the newest snapshot.
+* ``lovense.registry.snapshots`` (stream): every ``LOVENSE_SNAPSHOT_INTERVAL_S``
+  one replica writes the whole registry in chunks, each tagged with the callback
+  log offset it covers. Start-up finds the newest complete snapshot (headers
+  only), loads it, then replays only the log after it: streams cannot compact,
+  and heartbeats outnumber users many times over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ExchangeType,
+)
+
+from worker import topology
+from worker.pairing import FORGET_HEADER, Pairing
+
+log = structlog.get_logger("worker.registry_log")
+
+CALLBACKS_QUEUE: Final = "lovense.callbacks"
+CALLBACKS_LOG: Final = "lovense.callbacks.log"
+SNAPSHOTS: Final = "lovense.registry.snapshots"
+SNAPSHOT_CHUNK: Final = 50_000
+_SNAPSHOT = "x-lovense-snapshot"
+_CHUNK = "x-lovense-chunk"
+_CHUNKS = "x-lovense-chunks"
+_LOG_OFFSET = "x-lovense-log-offset"
+_AT = "x-lovense-snapshot-ms"
+REPLAY_TIMEOUT_S: Final = 300.0
+
+
+@dataclass(slots=True)
+class _Seen:
+    ident: str
+    first_offset: int
+    chunks: int
+    log_offset: int
+    at_ms: int
+    got: set[int] = field(default_factory=set)
+
+
+def log_arguments(ttl_s: int) -> dict[str, Any]:
+    """Return the callback log's arguments."""
+    return {"x-queue-type": "stream", "x-max-age": f"{ttl_s}s"}
+
+
+def snapshot_arguments() -> dict[str, Any]:
+    """Return the snapshot stream's arguments (a few snapshots' worth, a day at most)."""
+    return {"x-queue-type": "stream", "x-max-age": "1D",
+            "x-max-length-bytes": 2_000_000_000,
+            "x-stream-max-segment-size-bytes": 100_000_000}
+
+
+class RegistryLog:
+    """Keep a registry from the callback log and snapshots; validate; write snapshots."""
+
+    def __init__(self, connection: AbstractRobustConnection, pairing: Pairing, ttl_s: int,
+                 snapshot_interval_s: int) -> None:
+        self._connection = connection
+        self._pairing = pairing
+        self._ttl_s = ttl_s
+        self._interval = snapshot_interval_s
+        self._channel: AbstractChannel | None = None
+        self._latest_snapshot_ms = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def declare(self, channel: AbstractChannel) -> None:
+        """Declare the callback queue and the two streams (idempotently)."""
+        exchange = await channel.declare_exchange(
+            topology.CALLBACKS_EXCHANGE, ExchangeType.FANOUT, durable=True)
+        queue = await channel.declare_queue(
+            CALLBACKS_QUEUE, durable=True, arguments=topology.shard_arguments())
+        await queue.bind(exchange, routing_key="")
+        stream = await self._declare_stream(CALLBACKS_LOG, log_arguments(self._ttl_s))
+        await stream.bind(exchange, routing_key="")
+        await self._declare_stream(SNAPSHOTS, snapshot_arguments())
+
+    async def _declare_stream(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+        probe = await self._connection.channel()
+        try:
+            return await probe.declare_queue(name, durable=True, arguments=arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            # Declared earlier with other settings: use it as it is, and say so.
+            log.warning("stream_arguments_differ", stream=name, wanted=arguments)
+            probe = await self._connection.channel()
+            return await probe.declare_queue(name, passive=True)
+
+    async def start(self, publisher: AbstractChannel, dead_letter: Any) -> None:
+        """Load the newest snapshot, replay the log after it, then follow; validate callbacks."""
+        self._publisher = publisher
+        started = time.perf_counter()
+        snapshot = await self._newest_snapshot()
+        if snapshot is not None:
+            await self._load_snapshot(snapshot)
+        await self._follow_log(None if snapshot is None else snapshot.log_offset)
+        self._pairing.prune()
+        log.info("registry_ready", users=len(self._pairing.registry),
+                 seconds=round(time.perf_counter() - started, 2),
+                 from_snapshot=snapshot is not None)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=256)
+        queue = await channel.get_queue(CALLBACKS_QUEUE, ensure=False)
+
+        async def validate(message: AbstractIncomingMessage) -> None:
+            if FORGET_HEADER not in (message.headers or {}):
+                reason = self._pairing.check(message.body)
+                if reason is not None:
+                    await dead_letter(message, f"callback refused: {reason}", "callback")
+            await message.ack()
+
+        await queue.consume(validate)
+        await self._watch_snapshots()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._snapshot_loop()))
+
+    async def _watch_snapshots(self) -> None:
+        """Follow snapshots other replicas write, so this one skips its turn."""
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=4)
+        queue = await channel.get_queue(SNAPSHOTS, ensure=False)
+
+        async def note(message: AbstractIncomingMessage) -> None:
+            at = (message.headers or {}).get(_AT)
+            if isinstance(at, int):
+                self._latest_snapshot_ms = max(self._latest_snapshot_ms, at)
+            await message.ack()
+
+        await queue.consume(note, arguments={"x-stream-offset": "next"})
+
+    async def close(self) -> None:
+        """Stop writing snapshots."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def announce_forget(self, uid: str) -> None:
+        """Write a tombstone for uid to the callback log (through the callbacks exchange)."""
+        exchange = await self._publisher.get_exchange(topology.CALLBACKS_EXCHANGE, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(b"", headers={FORGET_HEADER: uid},
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key="")
+
+    # ------------------------------------------------------------------ start-up
+
+    async def _read_until_marker(self, stream: str, offset: Any, on_message: Any,
+                                 prefetch: int) -> tuple[AbstractQueue, str]:
+        """Consume a stream from ``offset`` until a marker appended now comes back."""
+        marker = uuid.uuid4().hex
+        caught_up = asyncio.Event()
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(stream, ensure=False)
+
+        async def handle(message: AbstractIncomingMessage) -> None:
+            headers = message.headers or {}
+            await message.ack()
+            if topology.MARKER_HEADER in headers:
+                if headers[topology.MARKER_HEADER] == marker:
+                    caught_up.set()
+            else:
+                on_message(message)
+
+        tag = await queue.consume(handle, arguments={"x-stream-offset": offset})
+        await self._publisher.default_exchange.publish(
+            aio_pika.Message(b"", headers={topology.MARKER_HEADER: marker}), routing_key=stream)
+        await asyncio.wait_for(caught_up.wait(), REPLAY_TIMEOUT_S)
+        return queue, tag
+
+    async def _newest_snapshot(self) -> _Seen | None:
+        seen: dict[str, _Seen] = {}
+
+        def note(message: AbstractIncomingMessage) -> None:
+            h: dict[str, Any] = dict(message.headers or {})
+            ident = h.get(_SNAPSHOT)
+            if ident is None:
+                return
+            entry = seen.setdefault(str(ident), _Seen(
+                ident=str(ident), first_offset=int(h.get("x-stream-offset", 0)), chunks=int(h[_CHUNKS]),
+                log_offset=int(h[_LOG_OFFSET]), at_ms=int(h[_AT])))
+            entry.got.add(int(h[_CHUNK]))
+
+        queue, tag = await self._read_until_marker(SNAPSHOTS, "first", note, 8)
+        # Cancel, not close: closing a channel with acks still on their way kills the
+        # connection (CHANNEL_ERROR).
+        await queue.cancel(tag)
+        complete = [s for s in seen.values() if len(s.got) == s.chunks]
+        newest = max(complete, key=lambda s: s.at_ms, default=None)
+        if newest is not None:
+            self._latest_snapshot_ms = newest.at_ms
+        return newest
+
+    async def _load_snapshot(self, snapshot: _Seen) -> None:
+        loaded = asyncio.Event()
+        got: set[int] = set()
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=4)
+        queue = await channel.get_queue(SNAPSHOTS, ensure=False)
+        registry = self._pairing.registry
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            h: dict[str, Any] = dict(message.headers or {})
+            await message.ack()
+            if str(h.get(_SNAPSHOT)) == snapshot.ident and int(h[_CHUNK]) not in got:
+                registry.load(message.body)
+                got.add(int(h[_CHUNK]))
+                if len(got) == snapshot.chunks:
+                    loaded.set()
+
+        tag = await queue.consume(take, arguments={"x-stream-offset": snapshot.first_offset})
+        await asyncio.wait_for(loaded.wait(), REPLAY_TIMEOUT_S)
+        await queue.cancel(tag)
+        self._pairing.last_offset = snapshot.log_offset
+
+    async def _follow_log(self, after: int | None) -> None:
+        pairing = self._pairing
+
+        def apply(message: AbstractIncomingMessage) -> None:
+            headers: dict[str, Any] = dict(message.headers or {})
+            offset = headers.get("x-stream-offset")
+            pairing.apply(message.body, headers, int(offset) if offset is not None else None)
+
+        start: Any = "first" if after is None or after < 0 else after + 1
+        await self._read_until_marker(CALLBACKS_LOG, start, apply, 2000)
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            # Jitter spreads the replicas, so usually one of them writes each snapshot.
+            await asyncio.sleep(self._interval * (0.5 + random.random() / 2))
+            self._pairing.prune()
+            if time.time() * 1000 - self._latest_snapshot_ms >= self._interval * 1000:
+                await self.write_snapshot()
+
+    async def write_snapshot(self) -> int:
+        """Write the registry as one snapshot now; return how many chunks it took."""
+        # Dump and offset are taken together, with no await between them.
+        chunks = list(self._pairing.registry.dump(SNAPSHOT_CHUNK)) or [b"\x90"]
+        log_offset = self._pairing.last_offset if self._pairing.last_offset is not None else -1
+        ident, at_ms = uuid.uuid4().hex, int(time.time() * 1000)
+        for index, chunk in enumerate(chunks):
+            await self._publisher.default_exchange.publish(
+                aio_pika.Message(chunk, headers={
+                    _SNAPSHOT: ident, _CHUNK: index, _CHUNKS: len(chunks),
+                    _LOG_OFFSET: log_offset, _AT: at_ms,
+                }, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=SNAPSHOTS)
+        self._latest_snapshot_ms = at_ms
+        log.info("registry_snapshot_written", users=len(self._pairing.registry),
+                 chunks=len(chunks), log_offset=log_offset)
+        return len(chunks)
