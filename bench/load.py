@@ -23,7 +23,6 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bench.procs import BenchError
 from worker import topology
-from worker.broker import declare
 
 BASELINE_QUEUE: Final = "bench.baseline"
 BATCH: Final = 500
@@ -37,6 +36,34 @@ def baseline_arguments() -> dict[str, Any]:
     return {"x-queue-type": "quorum"}
 
 
+async def declare(channel: aio_pika.abc.AbstractChannel, shards: int) -> None:
+    """Declare the worker's topology as the worker does, from the contract in worker.topology.
+
+    Idempotent; a mismatch with what the worker declared fails loudly
+    (PRECONDITION_FAILED). Only the contract module is imported, so the bench
+    keeps working while the worker's internals change.
+    """
+    durable = {"durable": True}
+    commands = await channel.declare_exchange(
+        topology.COMMANDS_EXCHANGE, aio_pika.ExchangeType.X_CONSISTENT_HASH, **durable
+    )
+    dead = await channel.declare_exchange(
+        topology.DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable
+    )
+    await channel.declare_exchange(
+        topology.RESULTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, **durable
+    )
+    dead_queue = await channel.declare_queue(
+        topology.DEAD_QUEUE, arguments=topology.dead_arguments(), **durable
+    )
+    await dead_queue.bind(dead, routing_key="")
+    for index in range(shards):
+        queue = await channel.declare_queue(
+            topology.shard_queue(index), arguments=topology.shard_arguments(), **durable
+        )
+        await queue.bind(commands, routing_key="1")  # consistent-hash weight
+
+
 async def prepare(url: str, shards: int) -> None:
     """Declare every queue the bench uses, refuse foreign consumers, and purge them."""
     connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-prep"})
@@ -46,14 +73,15 @@ async def prepare(url: str, shards: int) -> None:
         names = [topology.shard_queue(i) for i in range(shards)]
         await channel.declare_queue(BASELINE_QUEUE, durable=True, arguments=baseline_arguments())
         names.append(BASELINE_QUEUE)
-        for name in names:
-            queue = await channel.declare_queue(name, passive=True)
-            declared = queue.declaration_result
-            if declared.consumer_count:
-                raise BenchError(
-                    f"queue {name} already has {declared.consumer_count} consumer(s): another "
-                    "worker or baseline is running and would take the bench's messages; stop it"
-                )
+        queues = [await channel.declare_queue(name, passive=True) for name in names]
+        busy = {q.name: q.declaration_result.consumer_count for q in queues
+                if q.declaration_result.consumer_count}
+        if busy:  # checked before purging anything: their messages are not ours to drop
+            raise BenchError(
+                f"queues already consumed ({busy}): another worker or baseline (tests?) is "
+                "running and would take the bench's messages; stop it and run again"
+            )
+        for queue in queues:
             await queue.purge()
 
 
@@ -158,7 +186,7 @@ async def _publish_all(
 
 async def drive(
     url: str, *, worker: bool, commands: int, tag: str, timeout: float,
-    watch: Callable[[], str | None],
+    watch: Callable[[], str | None], shards: int = 4,
 ) -> Figures:
     """Publish ``commands`` commands (to the worker's exchange or the baseline's queue).
 
@@ -192,10 +220,39 @@ async def drive(
         published = time.time()
         reason = await _wait(collector, started + timeout, watch)
         await asyncio.sleep(LINGER_S)  # late duplicates count too
+        if reason is not None:
+            names = ([topology.shard_queue(i) for i in range(shards)] if worker
+                     else [BASELINE_QUEUE])
+            reason += f"; {_describe(collector, commands)}; {await _queues(listen, names)}"
     return _figures(collector, stamps, commands, started, published, reason)
 
 
-async def _wait(collector: Collector, deadline: float, watch: Callable[[], str | None]) -> str | None:
+def _describe(collector: Collector, commands: int) -> str:
+    got = len(collector.received)
+    return f"{got} of {commands} results, {commands - got} missing"
+
+
+async def _queues(channel: aio_pika.abc.AbstractChannel, names: list[str]) -> str:
+    """Describe the queues a run used: ready, unacked, consumers (empty + missing = purged?)."""
+    parts, ready = [], 0
+    for name in names:
+        try:
+            declared = (await channel.declare_queue(name, passive=True)).declaration_result
+        except aio_pika.exceptions.AMQPError as exc:
+            parts.append(f"{name}: {exc!r}")
+            break  # the channel is closed now
+        ready += declared.message_count or 0
+        parts.append(f"{name}: {declared.message_count} ready, "
+                     f"{declared.consumer_count} consumer(s)")
+    hint = (" (nothing left to consume yet results are missing: were the queues purged or "
+            "consumed by someone else, e.g. integration tests on the same broker?)"
+            if ready == 0 and len(parts) == len(names) else "")
+    return "queues now: " + "; ".join(parts) + hint
+
+
+async def _wait(
+    collector: Collector, deadline: float, watch: Callable[[], str | None]
+) -> str | None:
     """Wait until every result is in; return why not (timeout, a child died) or None."""
     while not collector.done.is_set():
         problem = watch()

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import aiohttp
 
@@ -60,6 +60,58 @@ def cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def broker_pid() -> int | None:
+    """Return the pid of a local RabbitMQ node (``beam.smp``), if one runs on this machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    return int(entry.name)
+    return None
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Return (busy, total) CPU seconds of the whole machine, all CPUs, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    busy = user + nice + system + irq + softirq + steal
+    hz = os.sysconf("SC_CLK_TCK")
+    return busy / hz, (busy + idle + iowait) / hz
+
+
+class CpuMeter:
+    """CPU seconds of named processes and of the whole machine, between two readings."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self._start: dict[str, float | None] = {}
+
+    def _read(self) -> dict[str, float | None]:
+        busy, total = machine_cpu()
+        reading: dict[str, float | None] = {"machine_busy": busy, "machine_total": total,
+                                            "bench": time.process_time()}
+        for name, pid in self.pids.items():
+            reading[name] = cpu_seconds(pid) if pid is not None else None
+        return reading
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float | None]:
+        """Return CPU seconds used since start() per name, plus the machine's busy share."""
+        end = self._read()
+        used: dict[str, float | None] = {}
+        for name, before in self._start.items():
+            after = end[name]
+            used[name] = None if before is None or after is None else after - before
+        total = used.pop("machine_total") or 0.0
+        busy = used.pop("machine_busy") or 0.0
+        used["machine_busy_share"] = busy / total if total > 0 else None
+        measured = sum(v for k, v in used.items() if v is not None and k != "machine_busy_share")
+        used["others"] = max(0.0, busy - measured)
+        return used
+
+
 def lovense_cli() -> list[str]:
     """Return the command that runs ``lovense-worker`` from this virtualenv."""
     script = Path(sys.executable).parent / "lovense-worker"
@@ -74,6 +126,7 @@ class Proc:
         self.process = process
         self.log = log
         self.pid = process.pid
+        self.metrics_port: int | None = None
         self._drain: asyncio.Task[None] | None = None
 
     @property
@@ -99,7 +152,9 @@ class Proc:
         try:
             event: dict[str, Any] = json.loads(line)
         except json.JSONDecodeError:
-            raise BenchError(f"{self.name}: first stdout line is not JSON: {line[:200]!r}") from None
+            raise BenchError(
+                f"{self.name}: first stdout line is not JSON: {line[:200]!r}"
+            ) from None
         self._drain = asyncio.create_task(self._copy_stdout())
         return event
 
@@ -125,15 +180,17 @@ class Proc:
         except OSError:
             return []
 
-    async def stop(self, timeout: float = _STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the child's process group, SIGKILL it after ``timeout``; return its code."""
+    async def stop(
+        self, timeout: float = _STOP_TIMEOUT_S, sig: signal.Signals = signal.SIGTERM
+    ) -> int | None:
+        """Signal the child's process group, SIGKILL it after ``timeout``; return its code."""
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGTERM)
+                os.killpg(self.pid, sig)
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)
             except TimeoutError:
-                print(f"bench: {self.name} (pid {self.pid}) ignored SIGTERM for "
+                print(f"bench: {self.name} (pid {self.pid}) ignored {sig.name} for "
                       f"{timeout:.0f} s; killing it", file=sys.stderr)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pid, signal.SIGKILL)
@@ -185,14 +242,14 @@ class Procs:
         self._children.append(child)
         return child
 
-    async def stop(self, child: Proc) -> int | None:
+    async def stop(self, child: Proc, sig: signal.Signals = signal.SIGTERM) -> int | None:
         """Stop one child now; return its exit code."""
         if child in self._children:
             self._children.remove(child)
-        return await asyncio.shield(child.stop())
+        return await asyncio.shield(child.stop(sig=sig))
 
     async def simulator(self, delay_ms: int, token: str) -> tuple[Proc, dict[str, Any]]:
-        """Start ``lovense-worker simulate`` answering after ``delay_ms``; return it and its event."""
+        """Start ``lovense-worker simulate`` answering after ``delay_ms``; return it, its event."""
         argv = [*lovense_cli(), "simulate", "--host", "127.0.0.1", "--server-port", "0",
                 "--apps", "1", "--delay-ms", str(delay_ms), "--token", token,
                 "--no-record", "--quiet"]
@@ -206,6 +263,7 @@ class Procs:
         """Start ``lovense-worker run`` with ``env``; return once its /readyz answers 200."""
         port = int(env["LOVENSE_METRICS_PORT"])
         child = await self.start(name, [*lovense_cli(), "run"], env)
+        child.metrics_port = port
         url = f"http://127.0.0.1:{port}/readyz"
         deadline = time.monotonic() + _READY_TIMEOUT_S
         async with aiohttp.ClientSession() as session:
@@ -235,8 +293,3 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOVENSE_")}
     env.update(extra)
     return env
-
-
-def open_log(path: Path) -> IO[str]:
-    """Open a text log for appending."""
-    return path.open("a", encoding="utf-8")

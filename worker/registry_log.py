@@ -196,8 +196,8 @@ class RegistryLog:
             if ident is None:
                 return
             entry = seen.setdefault(str(ident), _Seen(
-                ident=str(ident), first_offset=int(h.get("x-stream-offset", 0)), chunks=int(h[_CHUNKS]),
-                log_offset=int(h[_LOG_OFFSET]), at_ms=int(h[_AT])))
+                ident=str(ident), first_offset=int(h.get("x-stream-offset", 0)),
+                chunks=int(h[_CHUNKS]), log_offset=int(h[_LOG_OFFSET]), at_ms=int(h[_AT])))
             entry.got.add(int(h[_CHUNK]))
 
         queue, tag = await self._read_until_marker(SNAPSHOTS, "first", note, 8)
