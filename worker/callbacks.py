@@ -76,6 +76,8 @@ def decode(body: bytes) -> Callback:
         return _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CallbackRefused(f"callback: {exc}") from None
+    except UnicodeDecodeError:
+        raise CallbackRefused("callback: a string is not valid UTF-8") from None
     except RecursionError:
         raise CallbackRefused("callback: nested too deeply") from None
 

@@ -71,6 +71,8 @@ def decode(body: bytes) -> Command:
         raise InvalidCommand(_explain(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidCommand(f"message: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise InvalidCommand("message: a string is not valid UTF-8") from None
     rules.validate(command)
     return command
 
@@ -84,7 +86,7 @@ def peek(body: bytes) -> tuple[str, list[str], str | None]:
     """
     try:
         raw = _peek_decoder.decode(body) if len(body) <= MAX_MESSAGE_BYTES else None
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         raw = None
     if not isinstance(raw, dict):
         return "unknown", [], None

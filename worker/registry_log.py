@@ -124,7 +124,11 @@ class RegistryLog:
 
         async def validate(message: AbstractIncomingMessage) -> None:
             if FORGET_HEADER not in (message.headers or {}):
-                reason = self._pairing.check(message.body)
+                try:
+                    reason = self._pairing.check(message.body)
+                except Exception as exc:  # noqa: BLE001 - refuse, never stall the queue
+                    log.exception("callback_check_failed")
+                    reason = f"internal error: {exc!r}"
                 if reason is not None:
                     await dead_letter(message, f"callback refused: {reason}", "callback")
             await message.ack()
@@ -179,7 +183,10 @@ class RegistryLog:
                 if headers[topology.MARKER_HEADER] == marker:
                     caught_up.set()
             else:
-                on_message(message)
+                try:
+                    on_message(message)
+                except Exception:  # noqa: BLE001 - one bad entry must not stop the follower
+                    log.exception("stream_message_failed", stream=stream)
 
         tag = await queue.consume(handle, arguments={"x-stream-offset": offset})
         await self._publisher.default_exchange.publish(

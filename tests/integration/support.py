@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import httpx
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import topology
 from worker.broker import declare
+from worker.registry_log import CALLBACKS_QUEUE
 from worker.config import Secret, Settings
 from worker.messages import Result, result_decoder
 from worker.simulator import SIMULATOR_TOKEN, Simulator
@@ -57,8 +59,11 @@ async def purge_topology(url: str) -> None:
         for index in range(SHARDS):
             queue = await channel.get_queue(topology.shard_queue(index))
             await queue.purge()
-        dead = await channel.get_queue(topology.DEAD_QUEUE)
-        await dead.purge()
+        await channel.declare_queue(CALLBACKS_QUEUE, durable=True,
+                                    arguments=topology.shard_arguments())
+        for name in (topology.DEAD_QUEUE, topology.STOP_QUEUE, CALLBACKS_QUEUE):
+            queue = await channel.get_queue(name)
+            await queue.purge()
 
 
 def worker_settings(sim: Simulator, **overrides: Any) -> Settings:
@@ -93,3 +98,40 @@ async def dead_letters(expected: int, timeout: float = 10.0) -> list[AbstractInc
                     continue
                 taken.append(message)
         return taken
+
+
+class Listener:
+    """A TCP listener that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+    async def start(self, host: str) -> None:
+        self.server = await asyncio.start_server(self._accept, host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """The connect seam: every request that would be dialled passes here first."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.urls: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.urls.append(str(request.url))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

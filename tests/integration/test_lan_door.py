@@ -2,56 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from tests.integration.support import ResultLog, worker_settings
+from tests.integration.support import Listener, RecordingTransport, ResultLog, worker_settings
 from worker.app import Worker
 from worker.lovense import LovenseClient, lan_ssl_context
 from worker.producer import Producer
 from worker.simulator import Simulator
-
-
-class Listener:
-    """A TCP listener that counts the connections it accepts."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        writer.close()
-
-    async def start(self, host: str) -> None:
-        self.server = await asyncio.start_server(self._accept, host, 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-
-class RecordingTransport(httpx.AsyncBaseTransport):
-    """The connect seam: every request that would be dialled passes here first."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.urls: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.urls.append(str(request.url))
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from worker import intake
 from worker.errors import InvalidCommand
 from worker.messages import Function
 
-COMMANDS = "Function, GetQrCode, GetToyName, GetToys, Pattern, PatternV2, Position, Preset, Stop"
+COMMANDS = "Forget, Function, GetQrCode, GetToyName, GetToys, Pattern, PatternV2, Position, Preset, Stop"
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,12 @@ def test_peek_labels_invalid_messages_safely(
 ) -> None:
     """Invalid results name known commands only, so producer strings never become routing keys."""
     assert intake.peek(body) == peeked
+
+
+def test_invalid_utf8_inside_a_string_is_invalid_not_a_crash() -> None:
+    """Bytes that are not UTF-8 inside a JSON string are refused with a clear reason."""
+    body = b'{"command":"Function","uid":"\xff\xfe","action":"Vibrate:1","timeSec":2}'
+    with pytest.raises(InvalidCommand) as caught:
+        intake.decode(body)
+    assert str(caught.value) == "message: a string is not valid UTF-8"
+    assert intake.peek(body) == ("unknown", [], None)
