@@ -15,9 +15,9 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from worker import topology
 from worker.broker import declare
-from worker.registry_log import CALLBACKS_QUEUE
 from worker.config import Secret, Settings
 from worker.messages import Result, result_decoder
+from worker.registry_log import CALLBACKS_QUEUE
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 AMQP_URL = os.environ.get("LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/")

@@ -8,7 +8,9 @@ from worker import intake
 from worker.errors import InvalidCommand
 from worker.messages import Function
 
-COMMANDS = "Forget, Function, GetQrCode, GetToyName, GetToys, Pattern, PatternV2, Position, Preset, Stop"
+COMMANDS = (
+    "Forget, Function, GetQrCode, GetToyName, GetToys, Pattern, PatternV2, Position, Preset, Stop"
+)
 
 
 @pytest.mark.parametrize(
