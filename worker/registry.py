@@ -142,10 +142,18 @@ class Registry:
         return len(stale)
 
     def dump(self, chunk_size: int) -> Iterator[bytes]:
-        """Yield the registry as msgpack chunks of at most ``chunk_size`` entries."""
-        items = list(self._entries.items())
-        for start in range(0, len(items), chunk_size):
-            yield _pack(items[start : start + chunk_size])
+        """Yield the registry as msgpack chunks of at most ``chunk_size`` entries.
+
+        Chunks are made one at a time (a full copy would double the memory), so
+        entries may change between chunks; a snapshot stays correct because its
+        loader replays the log from an offset taken before the first chunk.
+        """
+        uids = list(self._entries)
+        for start in range(0, len(uids), chunk_size):
+            entries = self._entries
+            pairs = [(uid, entries[uid]) for uid in uids[start : start + chunk_size]
+                     if uid in entries]
+            yield _pack(pairs)
 
     def load(self, chunk: bytes) -> int:
         """Merge one snapshot chunk (newer entries win); return how many entries it held."""

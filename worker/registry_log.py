@@ -262,18 +262,21 @@ class RegistryLog:
 
     async def write_snapshot(self) -> int:
         """Write the registry as one snapshot now; return how many chunks it took."""
-        # Dump and offset are taken together, with no await between them.
-        chunks = list(self._pairing.registry.dump(SNAPSHOT_CHUNK)) or [b"\x90"]
+        # The log offset is taken before the first chunk: whatever changes while the
+        # chunks go out is replayed from the log after it.
+        registry = self._pairing.registry
         log_offset = self._pairing.last_offset if self._pairing.last_offset is not None else -1
         ident, at_ms = uuid.uuid4().hex, int(time.time() * 1000)
+        total = max(1, -(-len(registry) // SNAPSHOT_CHUNK))
+        chunks = registry.dump(SNAPSHOT_CHUNK) if len(registry) else iter([b"\x90"])
         for index, chunk in enumerate(chunks):
             await self._publisher.default_exchange.publish(
                 aio_pika.Message(chunk, headers={
-                    _SNAPSHOT: ident, _CHUNK: index, _CHUNKS: len(chunks),
+                    _SNAPSHOT: ident, _CHUNK: index, _CHUNKS: total,
                     _LOG_OFFSET: log_offset, _AT: at_ms,
                 }, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=SNAPSHOTS)
         self._latest_snapshot_ms = at_ms
-        log.info("registry_snapshot_written", users=len(self._pairing.registry),
-                 chunks=len(chunks), log_offset=log_offset)
-        return len(chunks)
+        log.info("registry_snapshot_written", users=len(registry), chunks=total,
+                 log_offset=log_offset)
+        return total
