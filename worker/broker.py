@@ -266,6 +266,8 @@ class Broker:
         assert self._dead is not None
         headers = dict(message.headers or {})
         headers[topology.ERROR_HEADER] = reason[:1024]
+        headers[topology.ORIGIN_EXCHANGE_HEADER] = message.exchange or ""
+        headers[topology.ORIGIN_ROUTING_KEY_HEADER] = message.routing_key or ""
         await self._dead.publish(
             aio_pika.Message(
                 message.body,

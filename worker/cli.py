@@ -9,11 +9,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 
-from worker import logs
+from worker import logs, topology
 from worker.config import Settings
 from worker.errors import ConfigError
 
@@ -75,7 +74,26 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--routing-key", default=None, help="default: the command's uid")
     publish.add_argument("--wait", action="store_true", help="wait for the result and print it")
     publish.add_argument("--timeout", type=float, default=15.0, help="seconds to wait (15)")
+    requeue = sub.add_parser(
+        "requeue-dead", help="send dead letters back to where they came from",
+        description="Republish messages from lovense.dead (all, or those whose x-lovense-error "
+        "contains --match) to the exchange they first came through, once their cause is fixed.",
+    )
+    requeue.add_argument("--amqp-url", default=None, metavar="LOVENSE_AMQP_URL")
+    requeue.add_argument("--match", default=None, help="only errors containing this text")
+    requeue.add_argument("--limit", type=int, default=None, help="at most this many")
+    requeue.add_argument("--dry-run", action="store_true", help="count, change nothing")
     return parser
+
+
+async def _requeue_dead(args: argparse.Namespace) -> int:
+    from worker.dead_letters import requeue_dead
+
+    url = args.amqp_url or os.environ.get("LOVENSE_AMQP_URL", Settings().amqp_url)
+    done = await requeue_dead(url, args.match, args.limit, args.dry_run)
+    verb = "would requeue" if args.dry_run else "requeued"
+    print(f"{verb} {done.requeued}, left {done.kept} in {topology.DEAD_QUEUE}")
+    return 0
 
 
 def _settings(args: argparse.Namespace, extra: dict[str, str] | None = None) -> Settings:
@@ -152,7 +170,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
     raw = sys.stdin.buffer.read() if args.command == "-" else args.command.encode()
     try:
-        command: Any = msgspec.json.decode(raw)
+        msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         print(f"lovense-worker publish: the command is not valid JSON ({exc})", file=sys.stderr)
         return 2
@@ -168,7 +186,6 @@ async def _publish(args: argparse.Namespace) -> int:
             print(f"lovense-worker publish: no result within {args.timeout} s "
                   "(is a worker running?)", file=sys.stderr)
             return 3
-    del command
     print(msgspec.json.format(msgspec.json.encode(result)).decode())
     return 0 if result.status == "ok" else 1
 
@@ -176,7 +193,8 @@ async def _publish(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "simulate": _simulate, "publish": _publish}
+    handlers = {"run": _run, "simulate": _simulate, "publish": _publish,
+                "requeue-dead": _requeue_dead}
     try:
         return asyncio.run(handlers[args.subcommand](args))
     except ConfigError as exc:

@@ -226,6 +226,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("LOVENSE_BREAKER_COOLDOWN_S", "breaker_cooldown_s", "30", "s",
             "how long an open circuit skips the app's LAN endpoint before one trial call",
             _int_in(1, 86400)),
+    Setting("LOVENSE_RECENT_IDS", "recent_ids", "100000", "ids",
+            "finished command ids remembered, so a redelivered or repeated one is answered "
+            "again without a second call", _int_in(0, 10_000_000)),
+    Setting("LOVENSE_MAX_DELIVERIES", "max_deliveries", "5", "deliveries",
+            "a message delivered this many times is given up on: failed result, lovense.dead",
+            _int_in(1, 19)),
     Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
             "most open HTTP connections per route", _int_in(1, 100_000)),
 )
@@ -275,6 +281,8 @@ class Settings:
     snapshot_interval_s: int = 300
     breaker_failures: int = 3
     breaker_cooldown_s: int = 30
+    recent_ids: int = 100_000
+    max_deliveries: int = 5
     http_connections: int = 512
 
     def __repr__(self) -> str:

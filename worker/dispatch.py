@@ -57,6 +57,8 @@ class Outcome:
     failed_uids: list[str] = field(default_factory=list)
     #: The call provably never reached Lovense (safe to carry elsewhere).
     not_delivered: bool = False
+    #: The failure may pass (network, timeout, HTTP 5xx, LAN 500/506): worth a retry.
+    retryable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +212,7 @@ class Dispatcher:
     def _from_reply(self, cmd: Command, reply: Reply, via: Via) -> Outcome:
         if not reply.ok:
             return Outcome(status="failed", via=via, code=reply.code, message=reply.message,
-                           attempts=1)
+                           attempts=1, retryable=via == "lan" and reply.code in codes.RETRYABLE)
         try:
             data = shape_data(cmd, reply, self._now())
         except MaybeDelivered as exc:
@@ -219,8 +221,43 @@ class Dispatcher:
         return Outcome(status="ok", via=via, code=reply.code, message=reply.message, data=data,
                        attempts=1)
 
-    async def lan(self, cmd: Command, address: LanAddress) -> Outcome:
-        """Send a command to one user's Remote app."""
+    async def _retrying(
+        self, route: Route, attempt: Callable[[], Awaitable[Outcome]], deadline_ms: float,
+        *, give_back_not_delivered: bool = False,
+    ) -> Outcome:
+        """Repeat an attempt with jittered backoff while it fails retryably, within the deadline.
+
+        A repeat after a failure where Lovense may already have the request is
+        allowed only because a repeated command sets the same state; those
+        repeats are counted. With ``give_back_not_delivered`` a call that never
+        reached Lovense is returned at once, for the caller to carry elsewhere.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
+            outcome = await attempt()
+            if outcome.status == "ok" or not outcome.retryable or (
+                give_back_not_delivered and outcome.not_delivered
+            ):
+                break
+            delay = stop_backoff_s(attempts)
+            if time.time() * 1000 + delay * 1000 >= deadline_ms:
+                break
+            if not outcome.not_delivered:
+                self._metrics.repeats.labels(route).inc()
+            await asyncio.sleep(delay)
+        outcome.attempts = attempts
+        return outcome
+
+    async def lan(self, cmd: Command, address: LanAddress, deadline_ms: float = 0.0,
+                  *, fallback_possible: bool = False) -> Outcome:
+        """Send a command to one user's Remote app, retrying within the deadline."""
+        return await self._retrying(
+            "lan", lambda: self._lan_once(cmd, address), deadline_ms,
+            give_back_not_delivered=fallback_possible,
+        )
+
+    async def _lan_once(self, cmd: Command, address: LanAddress) -> Outcome:
         body = bodies.lan_body(cmd, self._settings.max_time_sec)
         key = _endpoint_key(address)
         try:
@@ -231,7 +268,7 @@ class Dispatcher:
                 self._metrics.circuit_opened.labels("lan").inc()
             self._track_circuits()
             return Outcome(status="failed", via="lan", message=str(exc), attempts=1,
-                           not_delivered=never)
+                           not_delivered=never, retryable=True)
         if self.breakers is not None:
             self.breakers.success(key)
             self._track_circuits()
@@ -255,8 +292,12 @@ class Dispatcher:
         }
         self.registry.learn_functions(cmd.uid, functions)
 
-    async def server(self, cmd: Command, uids: list[str]) -> Outcome:
-        """Send a command for these users (at most LOVENSE_MAX_UIDS_PER_CALL) in one call."""
+    async def server(self, cmd: Command, uids: list[str], deadline_ms: float = 0.0) -> Outcome:
+        """Send a command for these users (at most LOVENSE_MAX_UIDS_PER_CALL) in one call,
+        retrying within the deadline."""
+        return await self._retrying("server", lambda: self._server_once(cmd, uids), deadline_ms)
+
+    async def _server_once(self, cmd: Command, uids: list[str]) -> Outcome:
         token = self._settings.developer_token.reveal()
         if isinstance(cmd, GetQrCode):
             utoken = bodies.utoken_for(uids[0], self._settings.utoken_secret.reveal())
@@ -267,7 +308,8 @@ class Dispatcher:
         try:
             reply = await self._call("server", cmd.kind, self._upstream.server(path, body))
         except UpstreamError as exc:
-            return Outcome(status="failed", via="server", message=str(exc), attempts=1)
+            return Outcome(status="failed", via="server", message=str(exc), attempts=1,
+                           not_delivered=isinstance(exc, NotDelivered), retryable=True)
         return self._from_reply(cmd, reply, "server")
 
     async def stop(self, uid: str, toys: list[str] | None, plan: Plan,

@@ -87,8 +87,10 @@ def classify(exc: BaseException) -> UpstreamError:
 def parse_reply(route: Route, status: int, content: bytes) -> Reply:
     """Turn an HTTP answer from Lovense into a Reply, or raise MaybeDelivered."""
     where = "Lovense server" if route == "server" else "Lovense Remote app"
-    if status >= 400:
+    if status >= 500:
         raise MaybeDelivered(f"{where} answered HTTP {status}")
+    if status >= 400:
+        return Reply(code=None, ok=False, message=f"{where} answered HTTP {status}")
     try:
         body = _decode(content)
     except msgspec.DecodeError:

@@ -89,6 +89,16 @@ class Metrics:
             "lovense_worker_callbacks", "Callbacks handled, by outcome (accepted, refused).",
             ["outcome"], registry=r,
         )
+        self.duplicates = Counter(
+            "lovense_worker_duplicates",
+            "Messages whose identity had already run: answered again, not called again.",
+            registry=r,
+        )
+        self.repeats = Counter(
+            "lovense_worker_repeats",
+            "Retries of a call Lovense may already have received (safe: same state again).",
+            ["route"], registry=r,
+        )
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )

@@ -32,6 +32,7 @@ from worker.errors import InvalidCommand
 from worker.messages import Command, Forget, Function, GetQrCode, LanTarget, Stop
 from worker.metrics import Metrics
 from worker.ratelimit import Limit, TokenBucket
+from worker.recent import Recent
 from worker.results import Delivery, Handled, ShareEnd, fold, make_result
 from worker.scheduler import Finished, Job, JobClass, Limits, Scheduler
 
@@ -71,6 +72,12 @@ def published_ms(headers: Mapping[str, Any] | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value is not None and value > 0 else None
+
+
+def delivery_count(headers: Mapping[str, Any] | None) -> int:
+    """Return how many times RabbitMQ delivered this message before (x-delivery-count)."""
+    raw = (headers or {}).get("x-delivery-count")
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
 
 
 def epoch_ms() -> float:
@@ -126,6 +133,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._messages: set[_Message] = set()
         self._loop: asyncio.Task[None] | None = None
+        self._recent = Recent(settings.recent_ids)
         #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
         self.announce_stop: Callable[[Delivery], Coroutine[Any, Any, None]] | None = None
         #: Set by the broker: writes a tombstone for a uid to the callback log.
@@ -156,9 +164,21 @@ class Runtime:
             cmd = intake.decode(delivery.body)
         except InvalidCommand as exc:
             return self._invalid(delivery, str(exc), received)
+        ident = cmd.id or delivery.message_id or uuid.uuid4().hex
+        prior = self._recent.get(ident)
+        if prior is not None:
+            # Carried out already (or now): answer again, never call twice.
+            earlier = prior if isinstance(prior, Handled) else await asyncio.shield(prior)
+            self._metrics.duplicates.inc()
+            again = msgspec.structs.replace(
+                earlier.result, redelivered=earlier.result.redelivered or delivery.redelivered)
+            return Handled(again, dead_letter=earlier.dead_letter)
+        deliveries = delivery_count(delivery.headers)
+        if deliveries >= self._settings.max_deliveries:
+            return self._give_up(delivery, cmd, ident, deliveries, received)
         now_ms = self._clock_ms()
         message = _Message(
-            ident=cmd.id or delivery.message_id or uuid.uuid4().hex, cmd=cmd,
+            ident=ident, cmd=cmd,
             delivery=delivery, received=received,
             published_ms=published_ms(delivery.headers) or now_ms, accepted_ms=now_ms,
             future=asyncio.get_running_loop().create_future(), remaining=len(cmd.targets),
@@ -170,6 +190,7 @@ class Runtime:
         if isinstance(cmd, Forget):
             return await self._forget(message)
         self._messages.add(message)
+        self._recent.running(ident, message.future)
         if is_stop(cmd):
             self._submit_stop(message)
             if delivery.lane == "commands" and self.announce_stop is not None:
@@ -178,9 +199,28 @@ class Runtime:
             self._submit(message)
         self._wake.set()
         try:
-            return await message.future
+            handled = await message.future
+        except asyncio.CancelledError:
+            self._recent.finished(ident, None)
+            raise
         finally:
             self._messages.discard(message)
+        self._recent.finished(ident, handled)
+        return handled
+
+    def _give_up(self, delivery: Delivery, cmd: Command, ident: str, deliveries: int,
+                 received: datetime) -> Handled:
+        """End a message that keeps coming back (poison): failed result, then lovense.dead."""
+        reason = (f"gave up after {deliveries} deliveries (LOVENSE_MAX_DELIVERIES="
+                  f"{self._settings.max_deliveries}): the worker never finished handling it")
+        result = make_result(
+            ident, cmd.kind, cmd.targets, Outcome(status="failed", message=reason),
+            superseded_by=None, redelivered=delivery.redelivered, received=received,
+            completed=self._now(),
+        )
+        self._metrics.messages.labels(cmd.kind, "failed").inc()
+        log.error("command_poisoned", message_id=ident, deliveries=deliveries)
+        return Handled(result, dead_letter=reason)
 
     def remote_stop(self, delivery: Delivery) -> None:
         """Apply a Stop from the Stop log (sent by whichever replica consumed it)."""
@@ -335,10 +375,11 @@ class Runtime:
         if not live:
             return
         message: _Message = live[0].payload[0]
-        outcome = await self._dispatcher.server(message.cmd, [job.uid for job in live])
+        deadline = min(job.deadline_ms for job in live)
+        outcome = await self._dispatcher.server(message.cmd, [job.uid for job in live], deadline)
         self._metrics.batch_uids.observe(len(live))
         for carried in {job.payload[0] for job in live}:
-            carried.calls += 1
+            carried.calls += outcome.attempts
         for job in live:
             plan: Plan = job.payload[2]
             if plan.fallback:
@@ -357,15 +398,19 @@ class Runtime:
         if not self._still_wanted([job]):
             return
         assert plan.address is not None
-        outcome = await self._dispatcher.lan(message.cmd, plan.address)
-        message.calls += 1
+        outcome = await self._dispatcher.lan(
+            message.cmd, plan.address, job.deadline_ms,
+            fallback_possible=self._may_fall_back(message, job),
+        )
+        message.calls += outcome.attempts
         if outcome.not_delivered and self._may_fall_back(message, job):
             # The app provably never got it: the server carries it, within the deadline.
             await self._take_server_slot()
             if self._still_wanted([job]):
-                outcome = replace(await self._dispatcher.server(message.cmd, [job.uid]),
-                                  fallback=True)
-                message.calls += 1
+                outcome = replace(
+                    await self._dispatcher.server(message.cmd, [job.uid], job.deadline_ms),
+                    fallback=True)
+                message.calls += outcome.attempts
                 self._metrics.fallbacks.labels(message.cmd.kind).inc()
             else:
                 return

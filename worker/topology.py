@@ -31,6 +31,9 @@ MARKER_HEADER: Final = "x-lovense-marker"
 PUBLISHED_MS_HEADER: Final = "x-lovense-published-ms"
 #: Why the worker gave up on a message, on every message in ``lovense.dead``.
 ERROR_HEADER: Final = "x-lovense-error"
+#: Where a dead letter was first published (``requeue-dead`` sends it back there).
+ORIGIN_EXCHANGE_HEADER: Final = "x-lovense-origin-exchange"
+ORIGIN_ROUTING_KEY_HEADER: Final = "x-lovense-origin-routing-key"
 
 #: The broker's own backstop against a message that keeps failing deliveries.
 #: Kept well above the worker's own give-up count (closed channels count as

@@ -225,3 +225,81 @@ def test_rfc3339_is_utc_with_milliseconds() -> None:
     from worker.results import rfc3339
 
     assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
+
+
+async def test_same_identity_twice_is_answered_again_without_a_second_call(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A redelivered message whose id already finished gets the same result, marked redelivered,
+    and Lovense is called once."""
+    first = await runtime.handle(delivery(vibrate("dup")))
+    again = await runtime.handle(Delivery(body=msgspec.json.encode(vibrate("dup")),
+                                          redelivered=True))
+    assert len(upstream.calls) == 1
+    assert again.result == msgspec.structs.replace(first.result, redelivered=True)
+
+
+async def test_twin_in_flight_waits_for_the_first(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A message arriving while its twin is still being carried out shares the twin's call."""
+    upstream.gate.clear()
+    one = start(runtime, vibrate("twin"))
+    await settle()
+    two = start(runtime, vibrate("twin"))
+    await settle()
+    upstream.gate.set()
+    first, second = await asyncio.wait_for(asyncio.gather(one, two), 5)
+    assert len(upstream.calls) == 1
+    assert first.result == second.result
+
+
+async def test_poison_message_is_given_up_after_max_deliveries(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A message delivered LOVENSE_MAX_DELIVERIES times already ends failed and dead-lettered."""
+    poisoned = Delivery(body=msgspec.json.encode(vibrate("p")),
+                        headers={"x-delivery-count": 5}, redelivered=True)
+    handled = await runtime.handle(poisoned)
+    assert upstream.calls == []
+    assert handled.result.status == "failed"
+    assert handled.dead_letter == handled.result.message
+    assert handled.result.message.startswith("gave up after 5 deliveries")
+
+
+class FlakyLan(GatedUpstream):
+    """A Remote app that answers 506 a few times before it works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def lan(self, address: LanAddress, body: Mapping[str, Any]) -> Reply:
+        self.calls.append(dict(body))
+        if self.failures:
+            self.failures -= 1
+            return Reply(code=506, ok=False, message="Server error, restart Lovense Remote")
+        return Reply(code=200, ok=True, message="OK")
+
+
+async def test_lan_506_is_retried_within_the_deadline() -> None:
+    """A 506 from the app is retried with backoff until it succeeds; attempts are counted."""
+    import ipaddress
+
+    flaky = FlakyLan(failures=2)
+    runtime = await make_runtime(flaky, lan_allow=(ipaddress.ip_network("192.168.0.0/16"),))
+    command = vibrate("r1", mode="lan", lan={"domain": "192-168-1-2.lovense.club",
+                                             "httpsPort": 34568})
+    handled = await asyncio.wait_for(runtime.handle(delivery(command)), 5)
+    await runtime.close()
+    assert (handled.result.status, handled.result.attempts, len(flaky.calls)) == ("ok", 3, 3)
+
+
+async def test_final_codes_are_not_retried(upstream: GatedUpstream) -> None:
+    """A 503 (invalid user id) from the server is not retried."""
+    upstream.answer["u"] = Reply(code=503, ok=False, message="Invalid user ID")
+    runtime = await make_runtime(upstream)
+    handled = await asyncio.wait_for(runtime.handle(delivery(vibrate("f1"))), 5)
+    await runtime.close()
+    assert (handled.result.status, handled.result.attempts, len(upstream.calls)) == (
+        "failed", 1, 1)
