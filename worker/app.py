@@ -14,8 +14,9 @@ from types import TracebackType
 
 import structlog
 
+from worker.assignment import Assignment
 from worker.breaker import Breakers
-from worker.broker import Broker
+from worker.broker import PRESENCE_TTL_S, Broker
 from worker.config import Settings
 from worker.dispatch import Dispatcher
 from worker.health import HealthServer
@@ -49,7 +50,10 @@ class Worker:
                                 breakers=breakers)
         self.runtime = Runtime(settings, dispatcher, self.metrics)
         self.registry_log: RegistryLog | None = None
-        self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics)
+        assignment = Assignment(settings.replica, settings.replicas, settings.shards,
+                                presence_ttl_s=PRESENCE_TTL_S, clock=time.monotonic)
+        self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics,
+                             assignment)
         self.health: HealthServer | None = None
         if settings.metrics_port:
             self.health = HealthServer(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from aio_pika.abc import (
 )
 
 from worker import topology
+from worker.assignment import Assignment
 from worker.messages import Result, encoder
 from worker.metrics import Metrics
 from worker.results import Delivery, Handled, Lane
@@ -41,6 +43,8 @@ StopLogFn = Callable[[Delivery], None]
 STOP_LANE_PREFETCH = 64
 STOP_LOG_PREFETCH = 1000
 REPLAY_TIMEOUT_S = 60.0
+PRESENCE_INTERVAL_S = 1.0
+PRESENCE_TTL_S = 3.0
 
 
 async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractExchange]:
@@ -89,10 +93,16 @@ def _delivery(message: AbstractIncomingMessage, lane: Lane) -> Delivery:
 class Broker:
     """Consume command shards and the Stop lane, publish results, one ack decision each."""
 
-    def __init__(self, url: str, shards: int, prefetch: int, metrics: Metrics) -> None:
+    def __init__(self, url: str, shards: int, prefetch: int, metrics: Metrics,
+                 assignment: Assignment | None = None) -> None:
         self._url = url
         self._shards = shards
-        self._per_shard = max(1, math.ceil(prefetch / shards))
+        self._assignment = assignment or Assignment(0, 1, shards, presence_ttl_s=PRESENCE_TTL_S,
+                                                    clock=time.monotonic)
+        # Prefetch is split over the shards this replica owns (stand-ins get the same share).
+        self._per_shard = max(1, math.ceil(prefetch / len(self._assignment.owned())))
+        self._shard_consumers: dict[int, tuple[AbstractQueue, str]] = {}
+        self._presence_task: asyncio.Task[None] | None = None
         self._metrics = metrics
         self._connection: AbstractRobustConnection | None = None
         self._stop_connection: AbstractRobustConnection | None = None
@@ -110,7 +120,7 @@ class Broker:
         """Return whether the broker is connected and consuming every shard and the Stop lane."""
         return all(
             c is not None and not c.is_closed for c in (self._connection, self._stop_connection)
-        ) and len(self._consumers) == self._shards + 1
+        ) and len(self._consumers) == 1 and len(self._shard_consumers) == self._shards
 
     async def connect(self) -> None:
         """Connect, open the publishing channel (with confirms) and declare the topology."""
@@ -159,14 +169,55 @@ class Broker:
         stop_queue = await stop_channel.get_queue(topology.STOP_QUEUE, ensure=False)
         tag = await stop_queue.consume(self._on_stop)
         self._consumers.append((stop_queue, tag))
-        for index in range(self._shards):
+        # Owned shards first, so an owner is ahead of stand-ins in each single-active queue.
+        for index in self._assignment.owned() + self._assignment.standing_in():
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=self._per_shard)
             queue = await channel.get_queue(topology.shard_queue(index), ensure=False)
-            tag = await queue.consume(self._on_command)
-            self._consumers.append((queue, tag))
-        self._metrics.shards_consumed.set(self._shards)
-        log.info("consuming_started", shards=self._shards, prefetch_per_shard=self._per_shard)
+            self._shard_consumers[index] = (queue, await queue.consume(self._on_command))
+        self._metrics.shards_consumed.set(self._assignment.estimated_active())
+        if self._assignment.replicas > 1:
+            await self._start_presence()
+        log.info("consuming_started", shards=self._shards, prefetch_per_shard=self._per_shard,
+                 replica=self._assignment.replica, owned=self._assignment.owned())
+
+    async def _start_presence(self) -> None:
+        """Announce this replica every second and hand shards back to owners that return."""
+        assert self._connection is not None and self._publisher is not None
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange(topology.PRESENCE_EXCHANGE,
+                                                  ExchangeType.FANOUT, durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="")
+
+        async def heard(message: AbstractIncomingMessage) -> None:
+            replica = (message.headers or {}).get("x-lovense-replica")
+            if isinstance(replica, int):
+                for shard in self._assignment.heard(replica):
+                    await self._hand_back(shard)
+
+        await queue.consume(heard, no_ack=True)
+
+        async def announce() -> None:
+            while True:
+                self._assignment.expire()
+                self._metrics.shards_consumed.set(self._assignment.estimated_active())
+                await exchange.publish(aio_pika.Message(
+                    b"", headers={"x-lovense-replica": self._assignment.replica},
+                    expiration=PRESENCE_TTL_S), routing_key="")
+                await asyncio.sleep(PRESENCE_INTERVAL_S)
+
+        self._presence_task = asyncio.get_running_loop().create_task(announce())
+
+    async def _hand_back(self, shard: int) -> None:
+        """Step back on a stand-in shard: resubscribe behind its returning owner."""
+        current = self._shard_consumers.get(shard)
+        if current is None:
+            return
+        queue, tag = current
+        await queue.cancel(tag)
+        self._shard_consumers[shard] = (queue, await queue.consume(self._on_command))
+        log.info("shard_handed_back", shard=shard)
 
     async def announce_stop(self, delivery: Delivery) -> None:
         """Append a Stop that arrived on lovense.commands to the Stop log for every replica."""
@@ -180,7 +231,11 @@ class Broker:
 
     async def stop_consuming(self) -> None:
         """Cancel every consumer; deliveries already taken go on to completion."""
+        if self._presence_task is not None:
+            self._presence_task.cancel()
         consumers, self._consumers = self._consumers, []
+        consumers += self._shard_consumers.values()
+        self._shard_consumers = {}
         for queue, tag in consumers:
             try:
                 await queue.cancel(tag)

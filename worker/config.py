@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,17 @@ def _float_in(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _ordinal(raw: str) -> int:
+    # -1: not given; resolved from the hostname once LOVENSE_REPLICAS is known.
+    return -1 if not raw else _int_in(0, 1023)(raw)
+
+
+def _hostname_ordinal() -> int:
+    host = os.environ.get("HOSTNAME", "") or socket.gethostname()
+    tail = host.rsplit("-", 1)[-1]
+    return int(tail) if "-" in host and tail.isdigit() else 0
 
 
 def _flag(raw: str) -> bool:
@@ -232,6 +244,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("LOVENSE_MAX_DELIVERIES", "max_deliveries", "5", "deliveries",
             "a message delivered this many times is given up on: failed result, lovense.dead",
             _int_in(1, 19)),
+    Setting("LOVENSE_REPLICAS", "replicas", "1", "replicas",
+            "how many worker replicas share the shards (at most LOVENSE_SHARDS)",
+            _int_in(1, 1024)),
+    Setting("LOVENSE_REPLICA", "replica", "", "ordinal",
+            "this replica's ordinal 0…LOVENSE_REPLICAS-1; default: the -N suffix of the "
+            "hostname (a StatefulSet pod's ordinal), else 0", _ordinal),
     Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
             "most open HTTP connections per route", _int_in(1, 100_000)),
 )
@@ -283,6 +301,8 @@ class Settings:
     breaker_cooldown_s: int = 30
     recent_ids: int = 100_000
     max_deliveries: int = 5
+    replicas: int = 1
+    replica: int = 0
     http_connections: int = 512
 
     def __repr__(self) -> str:
@@ -320,6 +340,16 @@ class Settings:
             if not token:
                 raise ConfigError("LOVENSE_DEVELOPER_TOKEN_FILE: the file is empty")
         values["utoken_secret"] = Secret(values["utoken_secret"])
+        if values["replica"] < 0:
+            values["replica"] = _hostname_ordinal() if values["replicas"] > 1 else 0
+        if values["replicas"] > values["shards"]:
+            raise ConfigError(
+                f"LOVENSE_REPLICAS: {values['replicas']} replicas for {values['shards']} shards "
+                "would leave replicas idle; keep it at most LOVENSE_SHARDS")
+        if values["replica"] >= values["replicas"]:
+            raise ConfigError(
+                f"LOVENSE_REPLICA: ordinal {values['replica']} is not below LOVENSE_REPLICAS "
+                f"({values['replicas']})")
         return cls(developer_token=Secret(token), **values)
 
     @property

@@ -24,6 +24,8 @@ STOP_LOG: Final = "lovense.stop.log"
 #: How far back the Stop log reaches: the longest a command may wait (ttlMs ≤ 1 h).
 STOP_LOG_MAX_AGE: Final = "1h"
 STOP_LOG_REPLAY_S: Final = 3600
+#: Replicas announce themselves here, so stand-ins hand shards back to returning owners.
+PRESENCE_EXCHANGE: Final = "lovense.presence"
 #: Header of the marker a worker appends to the Stop log to know its replay has caught up.
 MARKER_HEADER: Final = "x-lovense-marker"
 
