@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEPLOY_TOOLS := $(VENV)/deploy-tools
 
-.PHONY: install run test test-unit test-integration lint typecheck bench schemas rabbitmq clean
+.PHONY: install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+# Offline checkers for tests/deploy (kubectl's kustomize, promtool, AsyncAPI/Compose/CRD schemas).
+$(DEPLOY_TOOLS)/.installed: $(STAMP) tests/deploy/tools/install.sh tests/deploy/tools/package.json tests/deploy/tools/package-lock.json
+	tests/deploy/tools/install.sh $(DEPLOY_TOOLS)
+	touch $@
+
+deploy-tools: $(DEPLOY_TOOLS)/.installed  ## install the checkers tests/deploy needs into .venv/deploy-tools
 
 rabbitmq:  ## make sure RabbitMQ (with the consistent-hash plugin) answers
 	scripts/ensure-rabbitmq.sh
@@ -24,7 +32,7 @@ run: install rabbitmq  ## run the worker (against the simulator unless a develop
 		exec $(BIN)/lovense-worker run --simulator; \
 	fi
 
-test: install rabbitmq  ## the whole suite, against the real RabbitMQ
+test: install rabbitmq deploy-tools  ## the whole suite, against the real RabbitMQ
 	$(BIN)/pytest -q
 
 test-unit: install  ## unit tests only (no sockets)
@@ -32,6 +40,9 @@ test-unit: install  ## unit tests only (no sockets)
 
 test-integration: install rabbitmq
 	$(BIN)/pytest -q tests/integration
+
+test-faults: install rabbitmq  ## fault-injection tests (restart RabbitMQ; run by make test too)
+	$(BIN)/pytest -q tests/faults
 
 lint: install
 	$(BIN)/ruff check worker tests bench

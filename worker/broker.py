@@ -118,9 +118,14 @@ class Broker:
     @property
     def ready(self) -> bool:
         """Return whether the broker is connected and consuming every shard and the Stop lane."""
-        return all(
-            c is not None and not c.is_closed for c in (self._connection, self._stop_connection)
-        ) and len(self._consumers) == 1 and len(self._shard_consumers) == self._shards
+        # A robust connection clears ``connected`` while it is away and reconnecting.
+        connected = all(
+            c is not None and not c.is_closed and c.connected.is_set()
+            for c in (self._connection, self._stop_connection)
+        )
+        self._metrics.connected.set(1 if connected else 0)
+        return connected and len(self._consumers) == 1 and (
+            len(self._shard_consumers) == self._shards)
 
     async def connect(self) -> None:
         """Connect, open the publishing channel (with confirms) and declare the topology."""

@@ -129,6 +129,7 @@ class Runtime:
         )
         cap = Limit(settings.server_max_rps, max(1.0, settings.server_max_rps))
         self._server_cap = TokenBucket(cap, clock_ms())
+        self._cap_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._messages: set[_Message] = set()
@@ -310,11 +311,14 @@ class Runtime:
                 self._spawn(self._send_server(group), group)
             self._metrics.pending.set(self.scheduler.pending + len(self._batcher))
             wakes = [w for w in (tick.wake_ms, batch_wake) if w is not None]
-            timeout = max(0.0, (min(wakes) - self._clock_ms()) / 1000) if wakes else None
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+            timer = None
+            if wakes:
+                # A timer sets the event: no task per wait (wait_for would make one).
+                delay = max(0.0, (min(wakes) - self._clock_ms()) / 1000)
+                timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
+            await self._wake.wait()
+            if timer is not None:
+                timer.cancel()
 
     def _spawn(self, work: Coroutine[Any, Any, None], jobs: list[Job]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -365,9 +369,13 @@ class Runtime:
         return live
 
     async def _take_server_slot(self) -> None:
-        while (wait := self._server_cap.wait_ms(self._clock_ms())) > 0:
-            await asyncio.sleep(wait / 1000)
-        self._server_cap.take(self._clock_ms())
+        if self._server_cap.take(self._clock_ms()):
+            return
+        # At the cap, callers queue on a lock: one sleeper at a time, first come first
+        # served, instead of every waiter waking for the same token.
+        async with self._cap_lock:
+            while not self._server_cap.take(self._clock_ms()):
+                await asyncio.sleep(self._server_cap.wait_ms(self._clock_ms()) / 1000)
 
     async def _send_server(self, jobs: list[Job]) -> None:
         await self._take_server_slot()

@@ -1,19 +1,44 @@
-"""Generate the contract's JSON Schemas from the msgspec types (``make schemas``).
+"""Generate the contract's machine-readable files from the code (``make schemas``).
 
-The Structs in :mod:`worker.messages` are the contract; the files in
-``schemas/`` are derived from them and never edited by hand. A test fails when
-they drift.
+The Structs in :mod:`worker.messages` and :mod:`worker.callbacks` and the names in
+:mod:`worker.topology` are the contract; the files in ``schemas/`` are derived
+from them and never edited by hand:
+
+* one JSON Schema per message kind (command, result, callback);
+* ``asyncapi.json``, an AsyncAPI 3.0 document that ties every exchange, queue,
+  stream, routing key and header to those schemas, with example messages. Its
+  ``components.schemas`` are the same msgspec schemas; the examples are checked
+  by the worker's own decoders when generated, so a stale example cannot be
+  written.
+
+A test fails when the committed files drift from what this module generates.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
-from worker.messages import Command, Result
+from worker import callbacks, intake, topology
+from worker.bodies import utoken_for
+from worker.broker import PRESENCE_TTL_S
+from worker.callbacks import Callback
+from worker.config import Settings
+from worker.errors import InvalidCommand
+from worker.messages import COMMAND_NAMES, Command, Result, Status, result_decoder
+from worker.pairing import FORGET_HEADER
+from worker.registry_log import (
+    CALLBACKS_LOG,
+    CALLBACKS_QUEUE,
+    SNAPSHOTS,
+    log_arguments,
+    snapshot_arguments,
+)
 
 SCHEMAS: dict[str, tuple[Any, str, str]] = {
     "command.schema.json": (
@@ -27,11 +52,458 @@ SCHEMAS: dict[str, tuple[Any, str, str]] = {
         "The one terminal result per command identity, published to exchange lovense.results "
         "(routing key <status>.<command>) and to the command's reply_to.",
     ),
+    "callback.schema.json": (
+        Callback, "Lovense Remote callback",
+        "The body the Lovense Remote app POSTs to the platform's callback URL, which the "
+        "platform forwards unchanged to exchange lovense.callbacks.",
+    ),
+}
+ASYNCAPI_FILE: Final = "asyncapi.json"
+
+_REF = "#/components/schemas/{name}"
+_AMQP_EXCHANGE_TYPES: Final = frozenset({"topic", "direct", "fanout", "default", "headers"})
+_BINDING_VERSION: Final = "0.3.0"
+#: 2025-11-26T15:38:54.456Z, the publish time every example shares.
+_PUBLISHED_MS: Final = 1_764_171_534_456
+_EXAMPLE_SECRET: Final = "example-utoken-secret"
+#: The presence message's header (worker.broker spells it inline).
+_REPLICA_HEADER: Final = "x-lovense-replica"
+
+# ---------------------------------------------------------------------------- examples
+
+_COMMANDS: Final[list[tuple[str, str, dict[str, Any]]]] = [
+    ("vibrate", "Vibrate one user's toys at level 16 for 20 s",
+     {"command": "Function", "uid": "user-42", "action": "Vibrate:16", "timeSec": 20}),
+    ("stroke-on-lan", "Thrust and stroke one toy through the user's Remote app",
+     {"command": "Function", "uid": "user-42", "toy": "ff922f7fd345", "mode": "lan",
+      "action": "Stroke:0-20,Thrusting:10", "timeSec": 0}),
+    ("tip-for-many", "One tip, three users, a 5 s deadline and the producer's own id",
+     {"command": "Function", "uids": ["user-1", "user-2", "user-3"], "action": "Vibrate:5",
+      "timeSec": 3, "ttlMs": 5000, "id": "tip-9f1c"}),
+    ("pattern", "Play a pattern of three strengths, vibrate and rotate",
+     {"command": "Pattern", "uid": "user-42", "rule": "V:1;F:v,r;S:1000#",
+      "strength": "20;5;10", "timeSec": 10}),
+    ("preset", "Play the Remote app's wave preset",
+     {"command": "Preset", "uid": "user-42", "name": "wave", "timeSec": 10}),
+    ("position", "Move a Solace Pro to position 50",
+     {"command": "Position", "uid": "user-42", "toy": "a0e2f1c4d5b6", "value": "50"}),
+    ("pattern-v2-setup", "Set up a position pattern",
+     {"command": "PatternV2", "uid": "user-42", "type": "Setup",
+      "actions": [{"ts": 0, "pos": 10}, {"ts": 500, "pos": 90}, {"ts": 1000, "pos": 10}]}),
+    ("get-toys", "List the user's toys", {"command": "GetToys", "uid": "user-42"}),
+    ("pair", "Ask for the QR code that pairs the user's Remote app",
+     {"command": "GetQrCode", "uid": "user-42", "uname": "Pat"}),
+    ("forget", "Erase the user's LAN endpoint everywhere", {"command": "Forget", "uid": "user-42"}),
+]
+_STOPS: Final[list[tuple[str, str, dict[str, Any]]]] = [
+    ("stop-all-toys", "Stop every toy of one user", {"command": "Stop", "uid": "user-42"}),
+    ("stop-one-toy", "Stop one toy, as the Lovense docs spell it",
+     {"command": "Function", "uid": "user-42", "toy": "ff922f7fd345", "action": "Stop",
+      "timeSec": 0}),
+]
+_INVALID: Final[dict[str, Any]] = {"command": "Function", "uid": "user-42", "action": "Vibrate:25"}
+
+
+def _refusal(body: dict[str, Any]) -> str:
+    """Return what the worker says about an invalid command (the example's own words)."""
+    try:
+        intake.decode(msgspec.json.encode(body))
+    except InvalidCommand as exc:
+        return str(exc)
+    raise ValueError(f"example {body} was meant to be invalid, but the worker accepts it")
+
+
+def _results() -> list[tuple[str, str, dict[str, Any]]]:
+    def result(name: str, summary: str, **fields: Any) -> tuple[str, str, dict[str, Any]]:
+        done = Result(receivedAt="2025-11-26T15:38:54.461Z",
+                      completedAt="2025-11-26T15:38:54.474Z", **fields)
+        return name, summary, msgspec.to_builtins(done)
+
+    return [
+        result("ok", "The vibrate example, carried by the server route",
+               id="403ea3547da1448a9c521765b81bc9df", command="Function", uids=["user-42"],
+               status="ok", via="server", code=200, message="Success", attempts=1),
+        result("partly-failed", "The tip for three users; one user's app was offline",
+               id="tip-9f1c", command="Function", uids=["user-1", "user-2", "user-3"],
+               status="failed", via="server", code=507, message="Lovense app is offline",
+               attempts=1, failedUids=["user-3"]),
+        result("superseded", "A slider value replaced by a newer one before it was sent",
+               id="5b0c1f0e9a1d4c3f8e2a7d6b4c3a2f10", command="Function", uids=["user-42"],
+               status="superseded", message="superseded by 7d2e4f6a8b0c4d1e9f3a5b7c9d1e3f50",
+               supersededBy="7d2e4f6a8b0c4d1e9f3a5b7c9d1e3f50"),
+        result("invalid", "The invalid command of the dead-letter example: what to fix",
+               id="e1f2a3b4c5d64e7f8a9b0c1d2e3f4a5b", command="Function", uids=["user-42"],
+               status="invalid", message=_refusal(_INVALID)),
+        result("qr-code", "The pairing QR code (GetQrCode)",
+               id="9c8b7a6f5e4d4c3b2a1f0e9d8c7b6a59", command="GetQrCode", uids=["user-42"],
+               status="ok", via="server", code=0, message="Success", attempts=1,
+               data={"qr": "https://test2.lovense.com/UploadFiles/qr/20251126/example.jpg",
+                     "code": "ABC123", "expiresAt": "2025-11-26T19:38:54.470Z"}),
+    ]
+
+
+def _callbacks() -> list[tuple[str, str, dict[str, Any]]]:
+    utoken = utoken_for("user-42", _EXAMPLE_SECRET)
+    toys = {"ff922f7fd345": {"id": "ff922f7fd345", "name": "max", "nickName": "", "status": 1}}
+    return [
+        ("android", "A Lovense Remote callback with numeric ports",
+         {"uid": "user-42", "utoken": utoken, "domain": "192-168-1-44.lovense.club",
+          "httpPort": 34567, "wsPort": 34567, "httpsPort": 34568, "wssPort": 34568,
+          "platform": "android", "appVersion": "8.2.0", "version": "101", "appType": "remote",
+          "toys": toys}),
+        ("ios-string-ports", "Some app versions send ports as strings",
+         {"uid": "user-42", "utoken": utoken, "domain": "192-168-1-44.lovense.club",
+          "httpPort": "34567", "httpsPort": "34568", "platform": "ios", "appType": "remote",
+          "toys": toys}),
+    ]
+
+
+def _checked(kind: str, examples: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Return AsyncAPI examples, each first accepted by the worker's own decoder."""
+    out = []
+    for name, summary, payload in examples:
+        body = msgspec.json.encode(payload)
+        if kind == "command":
+            intake.decode(body)
+        elif kind == "result":
+            result_decoder.decode(body)
+        else:
+            callbacks.decode(body)
+        headers = {topology.PUBLISHED_MS_HEADER: _PUBLISHED_MS} if kind == "command" else None
+        out.append({"name": name, "summary": summary, "payload": payload}
+                   | ({"headers": headers} if headers else {}))
+    return out
+
+
+# ---------------------------------------------------------------------------- channels
+
+
+def _exchange(name: str, kind: str, address: str | None, description: str,
+              messages: list[str], **extra: Any) -> dict[str, Any]:
+    exchange: dict[str, Any] = {"name": name, "durable": True, "autoDelete": False, "vhost": "/"}
+    binding: dict[str, Any] = {"is": "routingKey", "exchange": exchange,
+                               "bindingVersion": _BINDING_VERSION}
+    if kind in _AMQP_EXCHANGE_TYPES:
+        exchange["type"] = kind
+    else:  # The AMQP binding knows the built-in types only.
+        binding["x-exchange-type"] = kind
+    return {"address": address, "title": f"exchange {name or '(default)'}",
+            "description": description, "messages": _refs(messages),
+            "bindings": {"amqp": binding}, **extra}
+
+
+def _queue(name: str, arguments: dict[str, Any], bound: list[tuple[str, str]],
+           description: str, messages: list[str], **extra: Any) -> dict[str, Any]:
+    kind = "stream" if arguments.get("x-queue-type") == "stream" else "queue"
+    binding = {
+        "is": "queue",
+        "queue": {"name": name, "durable": True, "exclusive": False, "autoDelete": False,
+                  "vhost": "/"},
+        "bindingVersion": _BINDING_VERSION,
+        "x-arguments": arguments,
+        "x-bound-to": [{"exchange": e, "routingKey": k} for e, k in bound],
+    }
+    return {"address": name, "title": f"{kind} {name}", "description": description,
+            "messages": _refs(messages), "bindings": {"amqp": binding}, **extra}
+
+
+def _refs(messages: list[str]) -> dict[str, Any]:
+    return {m: {"$ref": f"#/components/messages/{m}"} for m in messages}
+
+
+def _channels() -> dict[str, Any]:
+    defaults = Settings()
+    shard = topology.COMMANDS_QUEUE_PREFIX + "{shard}"
+    statuses = list(typing.get_args(Status))
+    return {
+        "commands": _exchange(
+            topology.COMMANDS_EXCHANGE, "x-consistent-hash", "{uid}",
+            "Producers publish commands here. The routing key is the target uid (any string "
+            "for a multi-user message): one uid always hashes to the same shard.",
+            ["command"], parameters={"uid": {"description": "the target uid"}}),
+        "commandShards": _queue(
+            shard, topology.shard_arguments(), [(topology.COMMANDS_EXCHANGE, "1")],
+            f"LOVENSE_SHARDS (default {defaults.shards}) quorum queues, each bound with weight "
+            "\"1\", each with a single active consumer, so per-uid order holds.",
+            ["command"],
+            parameters={"shard": {
+                "description": "0 to LOVENSE_SHARDS - 1",
+                "examples": [str(i) for i in range(defaults.shards)]}}),
+        "stop": _exchange(
+            topology.STOP_EXCHANGE, "fanout", None,
+            "The Stop lane: producers publish Stops here (fanout, the routing key is ignored).",
+            ["stop"]),
+        "stopQueue": _queue(
+            topology.STOP_QUEUE, topology.shard_arguments(), [(topology.STOP_EXCHANGE, "")],
+            "One replica at a time consumes this queue and sends each Stop at once.", ["stop"]),
+        "stopLog": _queue(
+            topology.STOP_LOG, topology.stop_log_arguments(), [(topology.STOP_EXCHANGE, "")],
+            "Every replica follows this stream and replays its last hour at start-up to keep "
+            "per-key Stop watermarks. A Stop that arrived on lovense.commands is appended "
+            "through the default exchange, and so is each replica's replay marker.",
+            ["stop", "marker"]),
+        "results": _exchange(
+            topology.RESULTS_EXCHANGE, "topic", "{status}.{command}",
+            "Every result, routing key <status>.<command> (ok.Function, invalid.unknown).",
+            ["result"],
+            parameters={
+                "status": {"enum": statuses, "description": "the result's status"},
+                "command": {"enum": [*sorted(COMMAND_NAMES), "unknown"],
+                            "description": "the command as sent; unknown when unrecognisable"},
+            }),
+        "replyTo": _exchange(
+            "", "default", None,
+            "The command's reply_to queue, through the default exchange, with the command's "
+            "correlation_id.", ["result"]),
+        "callbacks": _exchange(
+            topology.CALLBACKS_EXCHANGE, "fanout", None,
+            "The platform forwards each Lovense Remote callback body here, unchanged. Forget "
+            "tombstones go through here too.", ["callback", "forget"]),
+        "callbacksQueue": _queue(
+            CALLBACKS_QUEUE, topology.shard_arguments(), [(topology.CALLBACKS_EXCHANGE, "")],
+            "One replica at a time validates each callback and dead-letters refused ones "
+            "(x-lovense-error: callback refused: ...); it skips tombstones.",
+            ["callback", "forget"]),
+        "callbacksLog": _queue(
+            CALLBACKS_LOG, log_arguments(defaults.lan_ttl_s), [(topology.CALLBACKS_EXCHANGE, "")],
+            "Every replica builds its LAN registry from this stream. Its x-max-age is "
+            f"LOVENSE_LAN_TTL_S (default {defaults.lan_ttl_s} s).",
+            ["callback", "forget", "marker"]),
+        "registrySnapshots": _queue(
+            SNAPSHOTS, snapshot_arguments(), [],
+            "Registry snapshots in chunks, each tagged with the callback-log offset it covers; "
+            "written and read by the worker only, through the default exchange.",
+            ["registrySnapshot", "marker"]),
+        "presence": _exchange(
+            topology.PRESENCE_EXCHANGE, "fanout", None,
+            "With LOVENSE_REPLICAS > 1 every replica announces itself here each second (on an "
+            "exclusive, server-named queue of its own), so a stand-in hands a shard back to "
+            "its returning owner.", ["presence"]),
+        "dead": _exchange(
+            topology.DEAD_EXCHANGE, "fanout", None,
+            "Every message the worker gives up on, unchanged, with x-lovense-error saying why.",
+            ["deadLetter"]),
+        "deadQueue": _queue(
+            topology.DEAD_QUEUE, topology.dead_arguments(), [(topology.DEAD_EXCHANGE, "")],
+            f"Dead letters, at most {topology.DEAD_MAX_LENGTH:,} (the oldest are dropped).",
+            ["deadLetter"]),
+    }
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def _headers(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties} | (
+        {"required": required} if required else {})
+
+
+_PUBLISHED: Final[dict[str, Any]] = {
+    "type": "integer", "minimum": 0,
+    "description": "Milliseconds since the epoch when the producer published the command. "
+                   "Set it on every command: Stops are ordered against commands by it.",
+}
+_CORRELATION: Final[dict[str, Any]] = {
+    "description": "The AMQP correlation_id property, echoed on the result.",
+    "location": "$message.header#/correlation_id",
 }
 
 
+def _messages() -> dict[str, Any]:
+    published: dict[str, Any] = {topology.PUBLISHED_MS_HEADER: _PUBLISHED}
+    command_schema = {"$ref": _REF.format(name="Command")}
+    return {
+        "command": {
+            "name": "command", "title": "Command", "contentType": "application/json",
+            "summary": "One Lovense command; at most 1 MiB of UTF-8 JSON.",
+            "description": "AMQP message_id is the command's identity when it has no id; "
+                           "reply_to + correlation_id ask for the result there too.",
+            "headers": _headers([], published), "payload": command_schema,
+            "correlationId": _CORRELATION, "examples": _checked("command", _COMMANDS),
+        },
+        "stop": {
+            "name": "stop", "title": "Stop", "contentType": "application/json",
+            "summary": "A Stop: the Stop shorthand, or Function with action Stop.",
+            "description": "Never rate-limited, replaced or expired; it cancels every command "
+                           "for an overlapping key published no later than it.",
+            "headers": _headers([], published), "payload": command_schema,
+            "correlationId": _CORRELATION, "examples": _checked("command", _STOPS),
+        },
+        "result": {
+            "name": "result", "title": "Result", "contentType": "application/json",
+            "summary": "The one terminal result per command identity.",
+            "description": "AMQP message_id is the result's id; correlation_id is the "
+                           "command's.",
+            "payload": {"$ref": _REF.format(name="Result")}, "correlationId": _CORRELATION,
+            "examples": _checked("result", _results()),
+        },
+        "callback": {
+            "name": "callback", "title": "Lovense Remote callback",
+            "contentType": "application/json",
+            "summary": "A callback body, forwarded unchanged; at most "
+                       f"{callbacks.MAX_CALLBACK_BYTES // 1024} KiB.",
+            "payload": {"$ref": _REF.format(name="Callback")},
+            "examples": _checked("callback", _callbacks()),
+        },
+        "forget": {
+            "name": "forget", "title": "Forget tombstone",
+            "summary": "Written by the worker for a Forget command: an empty body and the "
+                       "uid in a header, so replays and later snapshots drop the user.",
+            "headers": _headers([FORGET_HEADER], {FORGET_HEADER: {
+                "type": "string", "minLength": 1, "description": "the uid to forget"}}),
+            "examples": [{"name": "forget", "headers": {FORGET_HEADER: "user-42"}}],
+        },
+        "marker": {
+            "name": "marker", "title": "Replay marker",
+            "summary": "Appended by a replica to a stream it replays, with an empty body; "
+                       "seeing it come back means the replay has caught up. Consumers of the "
+                       "streams skip it.",
+            "headers": _headers([topology.MARKER_HEADER], {topology.MARKER_HEADER: {
+                "type": "string", "minLength": 1, "description": "a random id per replay"}}),
+            "examples": [{"name": "marker",
+                          "headers": {topology.MARKER_HEADER: "0f6c2a9d4b8e4f1a9c3d5e7f9a1b3c5d"}}],
+        },
+        "registrySnapshot": {
+            "name": "registrySnapshot", "title": "Registry snapshot chunk",
+            "contentType": "application/octet-stream",
+            "summary": "Internal to the worker: one chunk of a registry snapshot (opaque).",
+        },
+        "presence": {
+            "name": "presence", "title": "Replica presence",
+            "summary": "An empty body naming the replica's ordinal; it expires after "
+                       f"{PRESENCE_TTL_S:g} s.",
+            "headers": _headers([_REPLICA_HEADER], {_REPLICA_HEADER: {
+                "type": "integer", "minimum": 0, "description": "the replica's ordinal"}}),
+            "examples": [{"name": "replica-1", "headers": {_REPLICA_HEADER: 1}}],
+        },
+        "deadLetter": {
+            "name": "deadLetter", "title": "Dead letter",
+            "summary": "A message the worker gave up on, its body and properties unchanged.",
+            "description": "The worker publishes its result (invalid or failed) first, then "
+                           "the message with why and where it came from; `lovense-worker "
+                           "requeue-dead` sends it back there. Messages the broker itself "
+                           "dead-letters (x-delivery-limit) carry RabbitMQ's x-death instead.",
+            "headers": _headers([], {**published,
+                topology.ERROR_HEADER: {"type": "string", "minLength": 1,
+                                        "description": "why the worker gave up"},
+                topology.ORIGIN_EXCHANGE_HEADER: {
+                    "type": "string", "description": "the exchange it first came through"},
+                topology.ORIGIN_ROUTING_KEY_HEADER: {
+                    "type": "string", "description": "the routing key it first came with"}}),
+            "payload": {"description": "The original message body, unchanged."},
+            "examples": [{
+                "name": "invalid-command", "summary": "A level beyond the documented range",
+                "headers": {topology.PUBLISHED_MS_HEADER: _PUBLISHED_MS,
+                            topology.ERROR_HEADER: _refusal(_INVALID),
+                            topology.ORIGIN_EXCHANGE_HEADER: topology.COMMANDS_EXCHANGE,
+                            topology.ORIGIN_ROUTING_KEY_HEADER: _INVALID["uid"]},
+                "payload": _INVALID}],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- operations
+
+
+_PERSISTENT: Final = {"deliveryMode": 2}
+#: What the worker does on each channel: (name, action, channel, messages, AMQP extras, summary).
+_OPERATIONS: Final[list[tuple[str, str, str, list[str], dict[str, Any], str]]] = [
+    ("consumeCommands", "receive", "commandShards", ["command"], {},
+     "Consume every shard; each command gets one result, then its ack."),
+    ("consumeStops", "receive", "stopQueue", ["stop"], {},
+     "Send each Stop at once, on the Stop lane's own connection."),
+    ("followStopLog", "receive", "stopLog", ["stop", "marker"], {},
+     "Replay the last hour, then follow, to keep Stop watermarks."),
+    ("appendStopLog", "send", "stopLog", ["stop", "marker"], {},
+     "Append Stops that arrived on lovense.commands (persistent); mark replays."),
+    ("publishResults", "send", "results", ["result"], _PERSISTENT,
+     "Publish every result, with publisher confirms."),
+    ("replyResults", "send", "replyTo", ["result"], _PERSISTENT,
+     "Send the result to the command's reply_to as well."),
+    ("validateCallbacks", "receive", "callbacksQueue", ["callback", "forget"], {},
+     "Validate callbacks; dead-letter refused ones."),
+    ("followCallbacksLog", "receive", "callbacksLog", ["callback", "forget", "marker"], {},
+     "Build the LAN registry from the callback log."),
+    ("appendCallbacksLog", "send", "callbacksLog", ["marker"], {},
+     "Mark the callback log's replay."),
+    ("announceForget", "send", "callbacks", ["forget"], _PERSISTENT,
+     "Write a tombstone for a Forget command."),
+    ("writeSnapshots", "send", "registrySnapshots", ["registrySnapshot"], _PERSISTENT,
+     "Write a registry snapshot now and then."),
+    ("readSnapshots", "receive", "registrySnapshots", ["registrySnapshot", "marker"], {},
+     "Load the newest complete snapshot at start-up."),
+    ("announcePresence", "send", "presence", ["presence"],
+     {"expiration": int(PRESENCE_TTL_S * 1000)},
+     "Announce this replica every second (LOVENSE_REPLICAS > 1)."),
+    ("hearPresence", "receive", "presence", ["presence"], {},
+     "Hear returning owners and hand their shards back."),
+    ("deadLetter", "send", "dead", ["deadLetter"], _PERSISTENT,
+     "Republish what the worker gives up on, with the reason."),
+]
+
+
+def _operations() -> dict[str, Any]:
+    reply = {
+        "address": {"location": "$message.header#/reply_to",
+                    "description": "The command's AMQP reply_to property."},
+        "channel": {"$ref": "#/channels/replyTo"},
+        "messages": [{"$ref": "#/channels/replyTo/messages/result"}],
+    }
+    operations = {}
+    for name, action, channel, messages, amqp, summary in _OPERATIONS:
+        operations[name] = {
+            "action": action, "channel": {"$ref": f"#/channels/{channel}"}, "summary": summary,
+            "messages": [{"$ref": f"#/channels/{channel}/messages/{m}"} for m in messages],
+            "bindings": {"amqp": {"ack": True, **amqp, "bindingVersion": _BINDING_VERSION}},
+        } | ({"reply": reply} if name in ("consumeCommands", "consumeStops") else {})
+    return operations
+
+
+# ---------------------------------------------------------------------------- documents
+
+
+def _components() -> dict[str, Any]:
+    """Return the msgspec schemas as AsyncAPI components (AsyncAPI's discriminator form)."""
+    (command, _result, _callback), schemas = msgspec.json.schema_components(
+        [Command, Result, Callback], ref_template=_REF)
+    discriminator = command.pop("discriminator")
+    # AsyncAPI names the tag property only: its value must be the component's name.
+    for tag, ref in discriminator["mapping"].items():
+        if ref != _REF.format(name=tag):
+            raise ValueError(f"command {tag!r} is not component {ref!r}")
+    schemas["Command"] = {"title": "Command", "description": SCHEMAS["command.schema.json"][2],
+                          **command, "discriminator": discriminator["propertyName"]}
+    return dict(sorted(schemas.items()))
+
+
+def asyncapi() -> dict[str, Any]:
+    """Return the AsyncAPI 3.0 document of the whole RabbitMQ contract."""
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "lovense-worker",
+            "version": importlib.metadata.version("lovense-worker"),
+            "description": "The RabbitMQ contract of lovense-worker: producers publish Lovense "
+                           "commands, the worker publishes one result per command. Generated "
+                           "from the code by `make schemas`; the README explains every rule.",
+            "license": {"name": "MIT"},
+        },
+        "defaultContentType": "application/json",
+        "servers": {"local": {
+            "host": "localhost:5672", "protocol": "amqp", "protocolVersion": "0.9.1",
+            "description": "LOVENSE_AMQP_URL's default; the same topology on any broker."}},
+        "channels": _channels(),
+        "operations": _operations(),
+        "components": {"schemas": _components(), "messages": _messages()},
+    }
+
+
+def _encode(document: Any) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+
+
 def render() -> dict[str, bytes]:
-    """Return every schema file's name and content."""
+    """Return every generated file's name and content."""
     files = {}
     for name, (kind, title, description) in SCHEMAS.items():
         schema = msgspec.json.schema(kind)
@@ -42,12 +514,13 @@ def render() -> dict[str, bytes]:
             "description": description,
             **schema,
         }
-        files[name] = msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
+        files[name] = _encode(schema)
+    files[ASYNCAPI_FILE] = _encode(asyncapi())
     return files
 
 
 def main(argv: list[str]) -> int:
-    """Write the schemas into the folder named by argv[0] (default ``schemas``)."""
+    """Write the files into the folder named by argv[0] (default ``schemas``)."""
     folder = Path(argv[0] if argv else "schemas")
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in render().items():

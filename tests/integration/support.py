@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import httpx
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import topology
 from worker.broker import declare
 from worker.config import Secret, Settings
+from worker.lovense import AiohttpSender, LovenseClient, Post, Sender
 from worker.messages import Result, result_decoder
 from worker.registry_log import CALLBACKS_QUEUE
 from worker.simulator import SIMULATOR_TOKEN, Simulator
@@ -122,16 +122,24 @@ class Listener:
         await self.server.wait_closed()
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
-    """The connect seam: every request that would be dialled passes here first."""
+class RecordingSender:
+    """The connect seam: every request the worker would dial passes here first."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, inner: Sender) -> None:
         self.inner = inner
         self.urls: list[str] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.urls.append(str(request.url))
-        return await self.inner.handle_async_request(request)
+    async def __call__(self, post: Post) -> tuple[int, bytes]:
+        self.urls.append(post.url)
+        return await self.inner(post)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def recording_client(settings: Settings, sim: Simulator) -> tuple[LovenseClient, RecordingSender]:
+    """Return a real Lovense client whose every request is recorded at the connect seam."""
+    seam = RecordingSender(AiohttpSender(16, sim.ca_file))
+    return LovenseClient(settings, send=seam), seam

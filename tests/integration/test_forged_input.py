@@ -10,19 +10,17 @@ from typing import Any
 
 import msgspec
 import pytest
-from httpx_aiohttp import AiohttpTransport
 
 from tests.integration.support import (
     Listener,
-    RecordingTransport,
     ResultLog,
     dead_letters,
+    recording_client,
     worker_settings,
 )
 from tests.integration.test_pairing import SECRET, post_callback
 from worker.app import Worker
 from worker.bodies import utoken_for
-from worker.lovense import LovenseClient, lan_ssl_context
 from worker.producer import Producer
 from worker.simulator import Simulator
 
@@ -91,10 +89,10 @@ async def test_forged_callbacks_are_refused_and_dial_nothing(
     """Every forged callback lands in lovense.dead with a reason; no entry, no connection."""
     settings = worker_settings(sim, utoken_secret=SECRET,
                                lan_allow=(ipaddress.ip_network("127.0.0.1/32"),))
-    seam = RecordingTransport(AiohttpTransport(verify=lan_ssl_context(sim.ca_file)))
+    client, seam = recording_client(settings, sim)
     cases = hostile(listener.port)
     assert len(cases) >= 20
-    async with Worker(settings, client=LovenseClient(settings, lan_transport=seam)) as worker:
+    async with Worker(settings, client=client) as worker:
         for body in cases.values():
             await post_callback(body)
         dead = await dead_letters(len(cases), timeout=20)
@@ -120,7 +118,7 @@ async def test_forged_callbacks_are_refused_and_dial_nothing(
     assert reasons[cases["port 70000"]] == "callback refused: httpsPort: must be 1–65535, got 70000"
     assert (after.status, after.via) == ("ok", "server")
     assert listener.connections == 0
-    assert seam.urls == []
+    assert [url for url in seam.urls if not url.startswith(sim.server_url)] == []
 
 
 async def test_callbacks_are_refused_without_a_secret_unless_allowed(

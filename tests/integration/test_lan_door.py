@@ -6,11 +6,9 @@ import ipaddress
 from collections.abc import AsyncIterator
 
 import pytest
-from httpx_aiohttp import AiohttpTransport
 
-from tests.integration.support import Listener, RecordingTransport, ResultLog, worker_settings
+from tests.integration.support import Listener, ResultLog, recording_client, worker_settings
 from worker.app import Worker
-from worker.lovense import LovenseClient, lan_ssl_context
 from worker.producer import Producer
 from worker.simulator import Simulator
 
@@ -69,8 +67,7 @@ async def test_other_forbidden_targets_are_never_dialled(
     """Targets outside the allow list or not dashed IPv4 never reach the connect seam, while an
     allowed app in the same run does."""
     settings = worker_settings(sim)
-    seam = RecordingTransport(AiohttpTransport(verify=lan_ssl_context(sim.ca_file)))
-    client = LovenseClient(settings, lan_transport=seam)
+    client, seam = recording_client(settings, sim)
     app = sim.apps[0]
     async with Worker(settings, client=client):
         bad = await producer.publish(_lan_query(domain, port, "forbidden"))

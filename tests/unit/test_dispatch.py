@@ -128,7 +128,7 @@ async def test_upstream_failure_becomes_failed_with_its_reason() -> None:
     upstream = FakeUpstream([MaybeDelivered("no answer in time: TimeoutError")])
     outcome = await _dispatcher(upstream).lan(_cmd('{"command":"Stop","uid":"u"}'), ADDRESS)
     assert outcome == Outcome(status="failed", via="lan", attempts=1,
-                              message="no answer in time: TimeoutError")
+                              message="no answer in time: TimeoutError", retryable=True)
 
 
 async def test_get_toys_string_is_parsed() -> None:

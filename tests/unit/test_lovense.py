@@ -5,13 +5,12 @@ from __future__ import annotations
 import ssl
 
 import aiohttp
-import httpx
 import pytest
 
 from worker.config import Settings
 from worker.errors import MaybeDelivered, NotDelivered
 from worker.lan import LanAddress
-from worker.lovense import LovenseClient, Reply, classify, parse_reply
+from worker.lovense import LovenseClient, Post, Reply, classify, parse_reply
 
 
 def _connector_error(exc: OSError) -> aiohttp.ClientConnectorError:
@@ -21,31 +20,33 @@ def _connector_error(exc: OSError) -> aiohttp.ClientConnectorError:
     return aiohttp.ClientConnectorError(key, exc)
 
 
-def _wrapped(root: BaseException) -> httpx.ConnectTimeout:
-    # httpx-aiohttp reports nearly every aiohttp error as ConnectTimeout.
+def _caused(outer: BaseException, root: BaseException) -> BaseException:
     try:
-        raise httpx.ConnectTimeout("boom") from root
-    except httpx.ConnectTimeout as exc:
+        raise outer from root
+    except BaseException as exc:  # noqa: BLE001 - building a chain for the test
         return exc
 
 
 @pytest.mark.parametrize(
-    ("root", "kind"),
+    ("error", "kind"),
     [
         (_connector_error(ConnectionRefusedError(111, "refused")), NotDelivered),
+        (_connector_error(OSError(101, "Network is unreachable")), NotDelivered),
         (aiohttp.ConnectionTimeoutError("connect"), NotDelivered),
         (ssl.SSLCertVerificationError("bad cert"), NotDelivered),
+        (_caused(RuntimeError("wrapped"), _connector_error(OSError(113, "no route"))),
+         NotDelivered),
         (aiohttp.ServerDisconnectedError(), MaybeDelivered),
         (aiohttp.ClientOSError(104, "Connection reset by peer"), MaybeDelivered),
         (aiohttp.SocketTimeoutError("read"), MaybeDelivered),
         (TimeoutError(), MaybeDelivered),
     ],
 )
-def test_failures_are_classified_from_the_aiohttp_cause(
-    root: BaseException, kind: type
+def test_failures_are_classified_by_whether_the_request_could_have_left(
+    error: BaseException, kind: type
 ) -> None:
-    """Whether a request may have reached Lovense is judged from the root cause, not its name."""
-    assert type(classify(_wrapped(root))) is kind
+    """Connect-phase failures anywhere in the chain never delivered; anything later may have."""
+    assert type(classify(error)) is kind
 
 
 @pytest.mark.parametrize(
@@ -88,41 +89,52 @@ def test_malformed_answers_are_failures_not_exceptions(
     assert str(caught.value) == message
 
 
+class FakeSender:
+    """Answers every Post with a fixed reply and records it."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.answer = (status, body)
+        self.posts: list[Post] = []
+
+    async def __call__(self, post: Post) -> tuple[int, bytes]:
+        self.posts.append(post)
+        return self.answer
+
+
 async def test_lan_call_dials_the_ip_and_verifies_the_name() -> None:
-    """A LAN call goes to https://<ip>:<port>/command with X-platform, Host and SNI of the name."""
-    seen: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"code": 200, "type": "ok"})
-
-    client = LovenseClient(Settings(platform="my-app"), lan_transport=httpx.MockTransport(answer))
+    """A LAN call goes to https://<ip>:<port>/command with X-platform, Host and the TLS name."""
+    send = FakeSender(200, b'{"code": 200, "type": "ok"}')
+    client = LovenseClient(Settings(platform="my-app", lan_timeout_ms=1500), send=send)
     address = LanAddress(ip="192.168.1.44", port=34568, domain="192-168-1-44.lovense.club")
     reply = await client.lan(address, {"command": "GetToys"})
     await client.aclose()
 
     assert reply == Reply(code=200, ok=True, message="OK")
-    [request] = seen
-    assert str(request.url) == "https://192.168.1.44:34568/command"
-    assert request.headers["x-platform"] == "my-app"
-    assert request.headers["host"] == "192-168-1-44.lovense.club:34568"
-    assert request.extensions["sni_hostname"] == "192-168-1-44.lovense.club"
-    assert request.content == b'{"command":"GetToys"}'
+    assert send.posts == [Post(
+        route="lan", url="https://192.168.1.44:34568/command",
+        headers={"Content-Type": "application/json", "X-platform": "my-app",
+                 "Host": "192-168-1-44.lovense.club:34568"},
+        body=b'{"command":"GetToys"}', server_hostname="192-168-1-44.lovense.club",
+        timeout=1.5)]
 
 
 async def test_server_call_posts_json_to_the_api_base() -> None:
-    """A server call POSTs the JSON body to LOVENSE_API_BASE plus the path."""
-    seen: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"result": True, "code": 200, "message": "Success"})
-
-    client = LovenseClient(Settings(api_base="http://127.0.0.1:9"),
-                           server_transport=httpx.MockTransport(answer))
+    """A server call POSTs the JSON body to LOVENSE_API_BASE plus the path, no TLS name."""
+    send = FakeSender(200, b'{"result": true, "code": 200, "message": "Success"}')
+    client = LovenseClient(Settings(api_base="http://127.0.0.1:9"), send=send)
     reply = await client.server("/api/lan/v2/command", {"uid": "u"})
     await client.aclose()
     assert reply.ok is True
-    [request] = seen
-    assert (request.method, str(request.url)) == ("POST", "http://127.0.0.1:9/api/lan/v2/command")
-    assert request.headers["content-type"] == "application/json"
+    [post] = send.posts
+    assert (post.route, post.url, post.server_hostname, post.body) == (
+        "server", "http://127.0.0.1:9/api/lan/v2/command", None, b'{"uid":"u"}')
+
+
+async def test_transport_errors_are_raised_classified() -> None:
+    """A refused connection surfaces as NotDelivered from the client."""
+    async def refuse(post: Post) -> tuple[int, bytes]:
+        raise _connector_error(ConnectionRefusedError(111, "refused"))
+
+    client = LovenseClient(Settings(), send=refuse)
+    with pytest.raises(NotDelivered):
+        await client.server("/api/lan/v2/command", {})

@@ -1,0 +1,101 @@
+"""deploy/grafana: the dashboard's queries are valid PromQL on real metrics, and provisioned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.deploy.support import (
+    DEPLOY,
+    grafana_to_promql,
+    known_metric_names,
+    load_json,
+    load_yaml,
+    metric_names,
+    run,
+    tool,
+)
+
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "lovense-worker.json"
+
+
+def panels() -> list[dict[str, Any]]:
+    """Return the dashboard's graph panels (rows excluded)."""
+    return [p for p in load_json(DASHBOARD)["panels"] if p["type"] != "row"]
+
+
+def exprs() -> list[str]:
+    """Return every query of the dashboard."""
+    return [t["expr"] for p in panels() for t in p["targets"]]
+
+
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses every dashboard query (Grafana's $__rate_interval made 5m)."""
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{i}", "expr": grafana_to_promql(e)}
+        for i, e in enumerate(exprs())]}]}
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    assert f"SUCCESS: {len(exprs())} rules found" in run([tool("promtool"), "check", "rules",
+                                                          path])
+
+
+def test_queries_use_only_metrics_that_exist() -> None:
+    """Each metric a panel selects is exported by the worker or scraped from RabbitMQ."""
+    used = set().union(*(metric_names(grafana_to_promql(e)) for e in exprs()))
+    assert used - known_metric_names() == set()
+
+
+def test_dashboard_shows_what_operators_need() -> None:
+    """Throughput, upstream latency, coalescing, batching, rate limits, Stops, dead letters,
+    registry size, shards per replica and open circuits each have a panel."""
+    used = {p["title"]: set().union(*(metric_names(grafana_to_promql(t["expr"]))
+                                      for t in p["targets"])) for p in panels()}
+    wanted = {
+        "Commands finished by status": "lovense_worker_messages_total",
+        "Upstream latency by route": "lovense_worker_upstream_seconds_bucket",
+        "Coalesced": "lovense_worker_coalesced_total",
+        "Batching: users per server call": "lovense_worker_batch_uids_bucket",
+        "Rate-limit waits by route": "lovense_worker_rate_limit_wait_seconds_bucket",
+        "Stop latency": "lovense_worker_stop_seconds_bucket",
+        "Dead letters": "lovense_worker_dead_letters_total",
+        "LAN registry size": "lovense_worker_registry_users",
+        "Shards consumed per replica": "lovense_worker_shards_consumed",
+        "Circuits open": "lovense_worker_circuits_open",
+    }
+    assert {title: metric in used.get(title, set()) for title, metric in wanted.items()} == {
+        title: True for title in wanted}
+
+
+def test_panels_use_the_datasource_variable_and_fit_the_grid() -> None:
+    """Every query names the ${datasource} variable; panel ids are unique; widths fit 24."""
+    dashboard = load_json(DASHBOARD)
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource", "datasource", "prometheus")
+    source = {"type": "prometheus", "uid": "${datasource}"}
+    assert all(p["datasource"] == source and all(t["datasource"] == source
+                                                 for t in p["targets"]) for p in panels())
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in dashboard["panels"])
+    assert dashboard["uid"] == "lovense-worker"
+
+
+def test_provisioning_loads_the_dashboard_from_where_compose_mounts_it() -> None:
+    """Grafana's provisioning reads the folder compose mounts the dashboards into."""
+    grafana = load_yaml(DEPLOY / "docker-compose.yml")["services"]["grafana"]
+    mounts = dict(v.removesuffix(":ro").split(":", 1) for v in grafana["volumes"])
+    assert (DEPLOY / "grafana" / "provisioning").is_dir()
+    (provider,) = load_yaml(GRAFANA / "provisioning" / "dashboards" / "lovense-worker.yml")[
+        "providers"]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    (source,) = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")[
+        "datasources"]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    assert "9090:9090" in load_yaml(DEPLOY / "docker-compose.yml")["services"]["prometheus"][
+        "ports"]
