@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 
 import httpx
 
-from tests.integration.support import AMQP_URL, worker_settings
+from tests.integration.support import AMQP_URL, free_port, worker_settings
 from worker.app import Worker
 from worker.producer import Producer
 from worker.simulator import Simulator
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def readyz(port: int) -> int:

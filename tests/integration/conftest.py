@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.support import (
     AMQP_URL,
+    Listener,
     ResultLog,
     purge_topology,
     worker_settings,
@@ -55,6 +56,15 @@ async def results(clean_broker: None) -> AsyncIterator[ResultLog]:
         await queue.bind(exchange, routing_key="#")
         await queue.consume(log.on_message, no_ack=True)
         yield log
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    """A TCP listener on 127.0.0.2, outside the tests' 127.0.0.1/32 allow list."""
+    listening = Listener()
+    await listening.start("127.0.0.2")
+    yield listening
+    await listening.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,13 @@ async def purge_topology(url: str) -> None:
         for name in (topology.DEAD_QUEUE, topology.STOP_QUEUE, CALLBACKS_QUEUE):
             queue = await channel.get_queue(name)
             await queue.purge()
+
+
+def free_port() -> int:
+    """Return a TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def worker_settings(sim: Simulator, **overrides: Any) -> Settings:

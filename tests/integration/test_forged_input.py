@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import pytest
 
 from tests.integration.support import (
     Listener,
@@ -72,14 +70,6 @@ def hostile(port: int) -> dict[str, bytes]:
     raw["not JSON"] = b"uid=forged-user&domain=127-0-0-1.lovense.club"
     raw["JSON array"] = b"[" + valid + b"]"
     return raw
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    listening = Listener()
-    await listening.start("127.0.0.2")
-    yield listening
-    await listening.stop()
 
 
 async def test_forged_callbacks_are_refused_and_dial_nothing(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -11,14 +10,6 @@ from tests.integration.support import Listener, ResultLog, recording_client, wor
 from worker.app import Worker
 from worker.producer import Producer
 from worker.simulator import Simulator
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
-    listening = Listener()
-    await listening.start("127.0.0.2")
-    yield listening
-    await listening.stop()
 
 
 def _lan_query(domain: str, port: int, ident: str) -> dict[str, object]:

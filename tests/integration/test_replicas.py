@@ -6,26 +6,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from tests.integration.support import AMQP_URL, ResultLog
+from tests.integration.support import AMQP_URL, ResultLog, free_port
 from worker.producer import Producer
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 REPLICAS = 3
 USERS = 24
 ROUND = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Replica:
