@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the project with its dev tools
 
 # Offline checkers for tests/deploy (kubectl's kustomize, promtool, AsyncAPI/Compose/CRD schemas).
-$(DEPLOY_TOOLS)/.installed: $(STAMP) tests/deploy/tools/install.sh tests/deploy/tools/package.json tests/deploy/tools/package-lock.json
+$(DEPLOY_TOOLS)/.installed: tests/deploy/tools/install.sh tests/deploy/tools/package.json tests/deploy/tools/package-lock.json | $(STAMP)
 	tests/deploy/tools/install.sh $(DEPLOY_TOOLS)
 	touch $@
 
