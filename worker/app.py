@@ -82,11 +82,17 @@ class Worker:
         await self.broker.follow_stop_log(self.runtime.remote_stop)
         await self.registry_log.start(self.broker.publisher, self.broker.dead_letter)
         await self.broker.consume(self.runtime.handle)
+        self.broker.supervise(self._resume)
         log.info(
             "worker_started", shards=self.settings.shards, api_base=self.settings.api_base,
             lan_route="on" if self.settings.lan_enabled else "off",
             metrics_port=self.health.port if self.health else None,
         )
+
+    async def _resume(self) -> None:
+        assert self.registry_log is not None
+        await self.registry_log.resume(self.broker.connection, self.broker.publisher,
+                                       self.broker.dead_letter)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop consuming, let in-flight commands finish within the grace, then close."""

@@ -18,15 +18,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
     ExchangeType,
 )
 
@@ -104,8 +105,15 @@ class Broker:
         self._shard_consumers: dict[int, tuple[AbstractQueue, str]] = {}
         self._presence_task: asyncio.Task[None] | None = None
         self._metrics = metrics
-        self._connection: AbstractRobustConnection | None = None
-        self._stop_connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
+        self._stop_connection: AbstractConnection | None = None
+        # Reconnection is ours, not aio-pika's robust connection: measured here, its
+        # restored channels did not consume again after the broker closed them.
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._stop_log_offset: int | None = None
+        self._stop_log_handler: StopLogFn | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._publisher: AbstractChannel | None = None
         self._results: AbstractExchange | None = None
         self._dead: AbstractExchange | None = None
@@ -118,10 +126,8 @@ class Broker:
     @property
     def ready(self) -> bool:
         """Return whether the broker is connected and consuming every shard and the Stop lane."""
-        # A robust connection clears ``connected`` while it is away and reconnecting.
-        connected = all(
-            c is not None and not c.is_closed and c.connected.is_set()
-            for c in (self._connection, self._stop_connection)
+        connected = not self._lost.is_set() and all(
+            c is not None and not c.is_closed for c in (self._connection, self._stop_connection)
         )
         self._metrics.connected.set(1 if connected else 0)
         return connected and len(self._consumers) == 1 and (
@@ -129,12 +135,14 @@ class Broker:
 
     async def connect(self) -> None:
         """Connect, open the publishing channel (with confirms) and declare the topology."""
-        self._connection = await aio_pika.connect_robust(
+        self._connection = await aio_pika.connect(
             self._url, client_properties={"connection_name": "lovense-worker"}
         )
-        self._stop_connection = await aio_pika.connect_robust(
+        self._stop_connection = await aio_pika.connect(
             self._url, client_properties={"connection_name": "lovense-worker-stop-lane"}
         )
+        for connection in (self._connection, self._stop_connection):
+            connection.close_callbacks.add(self._on_connection_closed)
         self._publisher = await self._connection.channel(publisher_confirms=True)
         exchanges = await declare(self._publisher, self._shards)
         self._results, self._dead = exchanges["results"], exchanges["dead"]
@@ -147,8 +155,14 @@ class Broker:
         await channel.set_qos(prefetch_count=STOP_LOG_PREFETCH)
         queue = await channel.get_queue(topology.STOP_LOG, ensure=False)
 
+        self._stop_log_handler = on_stop
+        self._replayed.clear()
+
         async def on_message(message: AbstractIncomingMessage) -> None:
             headers = message.headers or {}
+            offset = headers.get("x-stream-offset")
+            if isinstance(offset, int):
+                self._stop_log_offset = offset
             if topology.MARKER_HEADER in headers:
                 if headers[topology.MARKER_HEADER] == self._marker:
                     self._replayed.set()
@@ -156,7 +170,9 @@ class Broker:
                 on_stop(_delivery(message, "stop"))
             await message.ack()
 
-        since = datetime.now(UTC) - timedelta(seconds=topology.STOP_LOG_REPLAY_S)
+        since: Any = datetime.now(UTC) - timedelta(seconds=topology.STOP_LOG_REPLAY_S)
+        if self._stop_log_offset is not None:
+            since = self._stop_log_offset + 1  # after a reconnect: where we left off
         await queue.consume(on_message, arguments={"x-stream-offset": since})
         await self._publisher.default_exchange.publish(
             aio_pika.Message(b"", headers={topology.MARKER_HEADER: self._marker}),
@@ -189,6 +205,8 @@ class Broker:
     async def _start_presence(self) -> None:
         """Announce this replica every second and hand shards back to owners that return."""
         assert self._connection is not None and self._publisher is not None
+        if self._presence_task is not None:
+            self._presence_task.cancel()
         channel = await self._connection.channel()
         exchange = await channel.declare_exchange(topology.PRESENCE_EXCHANGE,
                                                   ExchangeType.FANOUT, durable=True)
@@ -256,10 +274,59 @@ class Broker:
 
     async def close(self) -> None:
         """Close the connections (unacked deliveries return to their queues)."""
-        for connection in (self._stop_connection, self._connection):
-            if connection is not None:
-                await connection.close()
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self._close_connections()
         self._metrics.connected.set(0)
+
+    async def _close_connections(self) -> None:
+        for connection in (self._stop_connection, self._connection):
+            if connection is not None and not connection.is_closed:
+                try:
+                    await connection.close()
+                except Exception as exc:  # noqa: BLE001 - it may be half gone already
+                    log.debug("connection_close_failed", error=repr(exc))
+
+    def _on_connection_closed(self, *_: Any) -> None:
+        if not self._closing:
+            self._lost.set()
+
+    def supervise(self, resume: Callable[[], Awaitable[None]]) -> None:
+        """Reconnect by ourselves after the broker goes away, then ``resume`` the rest."""
+        self._supervisor = asyncio.get_running_loop().create_task(self._reconnect_loop(resume))
+
+    async def _reconnect_loop(self, resume: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await self._lost.wait()
+            self._metrics.connected.set(0)
+            self._metrics.shards_consumed.set(0)
+            log.warning("broker_connection_lost")
+            self._consumers, self._shard_consumers = [], {}
+            if self._presence_task is not None:
+                self._presence_task.cancel()
+            await self._close_connections()
+            delay = 0.5
+            while True:
+                try:
+                    await self._reconnect(resume)
+                    break
+                except Exception as exc:  # noqa: BLE001 - keep trying, with backoff
+                    log.warning("broker_reconnect_failed", error=repr(exc), retry_in_s=delay)
+                    await self._close_connections()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            log.info("broker_reconnected")
+
+    async def _reconnect(self, resume: Callable[[], Awaitable[None]]) -> None:
+        self._lost.clear()
+        await self.connect()
+        assert self._stop_log_handler is not None and self._handle is not None
+        await self.follow_stop_log(self._stop_log_handler)
+        await resume()
+        await self.consume(self._handle)
+        if self._lost.is_set():
+            raise ConnectionError("lost again while reconnecting")
 
     async def _on_command(self, message: AbstractIncomingMessage) -> None:
         await self._process(message, "commands")
@@ -275,6 +342,10 @@ class Broker:
         try:
             handled = await self._handle(_delivery(message, lane))
             await self._settle(message, handled)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            # The channel went away: the message comes back after the reconnect and is
+            # answered from the memory of finished ids, without a second call.
+            log.info("delivery_abandoned", error=repr(exc))
         finally:
             self._metrics.inflight.dec()
             self._inflight.discard(task)
@@ -310,7 +381,7 @@ class Broker:
         await asyncio.gather(*sends)
 
     @property
-    def connection(self) -> AbstractRobustConnection:
+    def connection(self) -> AbstractConnection:
         """Return the main connection (commands, results, callbacks)."""
         assert self._connection is not None, "connect() first"
         return self._connection

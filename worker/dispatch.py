@@ -31,6 +31,8 @@ from worker.toys import functions_of, unsupported
 
 Route = Literal["lan", "server"]
 QR_LIFETIME: Final = timedelta(hours=4)
+#: A retry must be able to start this long before the command's deadline.
+RETRY_MARGIN_MS: Final = 250.0
 #: Codes a Stop does not retry: the request itself is wrong or not allowed.
 _STOP_FINAL_CODES: Final = frozenset({400, 401, 402, 403, 404, 501, 502, 503})
 
@@ -241,7 +243,8 @@ class Dispatcher:
             ):
                 break
             delay = stop_backoff_s(attempts)
-            if time.time() * 1000 + delay * 1000 >= deadline_ms:
+            # No retry starts in the deadline's last moments: it would land late.
+            if time.time() * 1000 + delay * 1000 + RETRY_MARGIN_MS >= deadline_ms:
                 break
             if not outcome.not_delivered:
                 self._metrics.repeats.labels(route).inc()

@@ -27,9 +27,9 @@ import aio_pika
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
     ExchangeType,
 )
 
@@ -75,7 +75,7 @@ def snapshot_arguments() -> dict[str, Any]:
 class RegistryLog:
     """Keep a registry from the callback log and snapshots; validate; write snapshots."""
 
-    def __init__(self, connection: AbstractRobustConnection, pairing: Pairing, ttl_s: int,
+    def __init__(self, connection: AbstractConnection, pairing: Pairing, ttl_s: int,
                  snapshot_interval_s: int) -> None:
         self._connection = connection
         self._pairing = pairing
@@ -118,6 +118,17 @@ class RegistryLog:
         log.info("registry_ready", users=len(self._pairing.registry),
                  seconds=round(time.perf_counter() - started, 2),
                  from_snapshot=snapshot is not None)
+        await self._serve(dead_letter)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._snapshot_loop()))
+
+    async def resume(self, connection: AbstractConnection, publisher: AbstractChannel,
+                     dead_letter: Any) -> None:
+        """After a reconnect: follow the log from where it was left, validate again."""
+        self._connection, self._publisher = connection, publisher
+        await self._follow_log(self._pairing.last_offset)
+        await self._serve(dead_letter)
+
+    async def _serve(self, dead_letter: Any) -> None:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=256)
         queue = await channel.get_queue(CALLBACKS_QUEUE, ensure=False)
@@ -135,7 +146,6 @@ class RegistryLog:
 
         await queue.consume(validate)
         await self._watch_snapshots()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._snapshot_loop()))
 
     async def _watch_snapshots(self) -> None:
         """Follow snapshots other replicas write, so this one skips its turn."""
