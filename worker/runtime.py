@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -24,17 +24,26 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from worker import bodies, intake, rules, topology
+from worker import bodies, intake, rules
 from worker.batching import Batcher
 from worker.config import Settings
 from worker.dispatch import Dispatcher, Outcome, Plan
 from worker.errors import InvalidCommand
-from worker.messages import Command, Forget, Function, GetQrCode, LanTarget, Stop
+from worker.jobs import (
+    delivery_count,
+    epoch_ms,
+    is_stop,
+    job_class,
+    published_ms,
+    toy_list,
+    toys_of,
+)
+from worker.messages import Command, Forget, GetQrCode, LanTarget
 from worker.metrics import Metrics
 from worker.ratelimit import Limit, TokenBucket
 from worker.recent import Recent
 from worker.results import Delivery, Handled, ShareEnd, fold, make_result
-from worker.scheduler import Finished, Job, JobClass, Limits, Scheduler
+from worker.scheduler import Finished, Job, Limits, Scheduler
 
 log = structlog.get_logger("worker.runtime")
 
@@ -44,45 +53,6 @@ _UNSENT_WORDS: Final = {
     "expired": "not sent by its deadline",
     "dropped": "dropped: more than LOVENSE_KEY_QUEUE stopPrevious 0 commands waited for its key",
 }
-
-
-def is_stop(cmd: Command) -> bool:
-    """Return whether a command is a Stop (the shorthand, or Function with action Stop)."""
-    return isinstance(cmd, Stop) or (isinstance(cmd, Function) and cmd.action.strip() == "Stop")
-
-
-def job_class(cmd: Command) -> JobClass:
-    """Return how the scheduler treats a command's shares."""
-    if is_stop(cmd):
-        return "stop"
-    if isinstance(cmd, Function):
-        return "queue" if cmd.stopPrevious == 0 else "replace"
-    if cmd.kind in ("Pattern", "Preset", "Position"):
-        return "replace"
-    return "ordered"
-
-
-def published_ms(headers: Mapping[str, Any] | None) -> float | None:
-    """Return the producer's publish time from ``x-lovense-published-ms``, if usable."""
-    raw = (headers or {}).get(topology.PUBLISHED_MS_HEADER)
-    if isinstance(raw, bytes):
-        raw = raw.decode("ascii", "replace")
-    try:
-        value = float(raw) if raw is not None and not isinstance(raw, bool) else None
-    except (TypeError, ValueError):
-        return None
-    return value if value is not None and value > 0 else None
-
-
-def delivery_count(headers: Mapping[str, Any] | None) -> int:
-    """Return how many times RabbitMQ delivered this message before (x-delivery-count)."""
-    raw = (headers or {}).get("x-delivery-count")
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
-
-
-def epoch_ms() -> float:
-    """Return the wall clock in epoch milliseconds."""
-    return time.time() * 1000.0
 
 
 @dataclass(eq=False, slots=True)
@@ -234,7 +204,7 @@ class Runtime:
             return
         at = published_ms(delivery.headers) or self._clock_ms()
         for uid in cmd.targets:
-            for finished in self.scheduler.remote_stop(uid, _toys(cmd), at, ident):
+            for finished in self.scheduler.remote_stop(uid, toys_of(cmd), at, ident):
                 self._finish_unsent(finished)
         self._wake.set()
 
@@ -252,7 +222,7 @@ class Runtime:
     def _submit(self, message: _Message) -> None:
         cmd = message.cmd
         deadline = message.published_ms + (cmd.ttlMs or self._settings.default_ttl_ms)
-        cls, toys, multi = job_class(cmd), _toys(cmd), len(cmd.targets) > 1
+        cls, toys, multi = job_class(cmd), toys_of(cmd), len(cmd.targets) > 1
         if multi:
             message.lan_slots = asyncio.Semaphore(self._settings.lan_fanout)
         if cmd.toy is None and not isinstance(cmd, GetQrCode):
@@ -290,7 +260,7 @@ class Runtime:
                 assert isinstance(plan, Outcome)
                 self._end(message, ShareEnd(uid, plan))
                 continue
-            job = Job(ident=message.ident, uid=uid, toys=_toys(cmd), cls="stop",
+            job = Job(ident=message.ident, uid=uid, toys=toys_of(cmd), cls="stop",
                       route=plans[0].route, published_ms=message.published_ms,
                       payload=(message, uid, plans))
             for finished in self.scheduler.submit(job):
@@ -436,14 +406,14 @@ class Runtime:
         if isinstance(job.payload, tuple) and job.payload[0] == "followup":
             _tag, (_message, uid, plan) = job.payload
             plans = plan if isinstance(plan, list) else [plan]
-            await asyncio.gather(*(self._dispatcher.stop(uid, _toy_list(job), p, give_up_at)
+            await asyncio.gather(*(self._dispatcher.stop(uid, toy_list(job), p, give_up_at)
                                    for p in plans))
             self.scheduler.settled(job)
             self._wake.set()
             return
         message, uid, plans = job.payload
         outcomes = await asyncio.gather(
-            *(self._dispatcher.stop(uid, _toy_list(job), p, give_up_at) for p in plans)
+            *(self._dispatcher.stop(uid, toy_list(job), p, give_up_at) for p in plans)
         )
         self._metrics.stop_seconds.observe(
             max(0.0, self._clock_ms() - message.published_ms) / 1000
@@ -526,13 +496,3 @@ class Runtime:
         self._metrics.messages.labels(command, "invalid").inc()
         log.warning("command_rejected", command=command, reason=reason)
         return Handled(result, dead_letter=reason)
-
-
-def _toys(cmd: Command) -> tuple[str, ...] | None:
-    if cmd.toy is None:
-        return None
-    return tuple(sorted({cmd.toy} if isinstance(cmd.toy, str) else set(cmd.toy)))
-
-
-def _toy_list(job: Job) -> list[str] | None:
-    return list(job.toys) if job.toys is not None else None

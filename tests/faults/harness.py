@@ -9,20 +9,15 @@ the simulator's log and counts what the suite promises never happens.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from tests.integration.support import AMQP_URL, ResultLog, free_port
+from tests.integration.support import ResultLog
 from worker.messages import Result
 from worker.producer import Producer
-from worker.simulator import SIMULATOR_TOKEN, Simulator
+from worker.simulator import Simulator
 from worker.topology import PUBLISHED_MS_HEADER
 
 TERMINAL = {"ok", "failed", "invalid", "superseded", "expired", "dropped"}
@@ -91,43 +86,6 @@ async def publish_until_sent(producer: Producer, body: dict[str, Any]) -> int:
         except Exception:  # noqa: BLE001 - any broker trouble: wait and try again
             await asyncio.sleep(0.5)
     raise RuntimeError("the broker did not come back within a minute")
-
-
-class WorkerProcess:
-    """A `lovense-worker run` process pointed at the simulator."""
-
-    def __init__(self, sim: Simulator, **env: str) -> None:
-        self.port = free_port()
-        self.env = {
-            **os.environ, "LOVENSE_AMQP_URL": AMQP_URL, "LOVENSE_API_BASE": sim.server_url,
-            "LOVENSE_DEVELOPER_TOKEN": SIMULATOR_TOKEN, "LOVENSE_METRICS_PORT": str(self.port),
-            "LOVENSE_METRICS_HOST": "127.0.0.1", "LOVENSE_LOG_FORMAT": "json",
-            "LOVENSE_LOG_LEVEL": "warning", "LOVENSE_SERVER_MAX_RPS": "100000",
-            "LOVENSE_SERVER_TIMEOUT_MS": "1000", **env,
-        }
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Start the process and wait until it is ready."""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "run", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        async with httpx.AsyncClient() as client, asyncio.timeout(60):
-            while True:
-                try:
-                    answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if answer.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
-
-    async def signal(self, sig: signal.Signals, wait: float = 40.0) -> int | None:
-        """Send a signal and return the exit code once the process ends."""
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-        return await asyncio.wait_for(self.process.wait(), wait)
 
 
 @dataclass(slots=True)

@@ -22,12 +22,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from tests.faults.harness import (
     TERMINAL,
     Report,
-    WorkerProcess,
     check,
     publish_load,
     wait_for_all,
 )
-from tests.integration.support import AMQP_URL, ResultLog
+from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess
 from worker import topology
 from worker.messages import Result, result_decoder
 from worker.producer import Producer

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import httpx
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -151,3 +154,47 @@ def recording_client(settings: Settings, sim: Simulator) -> tuple[LovenseClient,
     """Return a real Lovense client whose every request is recorded at the connect seam."""
     seam = RecordingSender(AiohttpSender(16, sim.ca_file))
     return LovenseClient(settings, send=seam), seam
+
+
+class WorkerProcess:
+    """A `lovense-worker run` process pointed at the simulator."""
+
+    def __init__(self, sim: Simulator, **env: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ, "LOVENSE_AMQP_URL": AMQP_URL, "LOVENSE_API_BASE": sim.server_url,
+            "LOVENSE_DEVELOPER_TOKEN": SIMULATOR_TOKEN, "LOVENSE_METRICS_PORT": str(self.port),
+            "LOVENSE_METRICS_HOST": "127.0.0.1", "LOVENSE_LOG_FORMAT": "json",
+            "LOVENSE_LOG_LEVEL": "warning", "LOVENSE_SERVER_MAX_RPS": "100000",
+            "LOVENSE_SERVER_TIMEOUT_MS": "1000", **env,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start the process and wait until it is ready."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "run", env=self.env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        async with httpx.AsyncClient() as client, asyncio.timeout(60):
+            while True:
+                try:
+                    answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if answer.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+
+    async def metric(self, name: str) -> float:
+        """Return the sum of a metric's samples on this process's /metrics."""
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name))
+
+    async def signal(self, sig: signal.Signals, wait: float = 40.0) -> int | None:
+        """Send a signal and return the exit code once the process ends."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        return await asyncio.wait_for(self.process.wait(), wait)

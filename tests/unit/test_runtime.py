@@ -12,11 +12,12 @@ import pytest
 
 from worker.config import Secret, Settings
 from worker.dispatch import Dispatcher
+from worker.jobs import epoch_ms, job_class, published_ms
 from worker.lan import LanAddress
 from worker.lovense import Reply
 from worker.metrics import Metrics
 from worker.results import Delivery, Handled
-from worker.runtime import Runtime, epoch_ms, job_class, published_ms
+from worker.runtime import Runtime
 
 OK = Reply(code=200, ok=True, message="Success")
 
