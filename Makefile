@@ -50,8 +50,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The bench runs in its own vhost: the integration tests purge the shard queues.
+BENCH_AMQP_URL ?= amqp://guest:guest@localhost:5672/lovense-bench
+
 bench: install rabbitmq  ## benchmarks; figures go to bench/results.json
-	$(BIN)/python -m bench
+	@if command -v rabbitmqctl >/dev/null 2>&1; then \
+		rabbitmqctl add_vhost lovense-bench >/dev/null 2>&1 || true; \
+		rabbitmqctl set_permissions -p lovense-bench guest '.*' '.*' '.*' >/dev/null; \
+	fi
+	LOVENSE_AMQP_URL=$(BENCH_AMQP_URL) $(BIN)/python -m bench
 
 schemas: install  ## regenerate schemas/ from the msgspec types
 	$(BIN)/python -m worker.schemas schemas
