@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import aio_pika
 import msgspec
 
-from tests.integration.support import AMQP_URL, ResultLog, worker_settings
+from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess, worker_settings
 from worker import topology
 from worker.app import Worker
 from worker.config import Secret
@@ -144,3 +145,38 @@ async def test_toy_that_cannot_do_it_is_refused(
                                       "timeSec": 2})
     assert (result.status, result.message) == (
         "invalid", "toy: Max ff922f7fd345 cannot Rotate; it can Pump, Vibrate")
+
+
+async def test_endpoint_survives_sigkill_across_processes(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """A worker process killed with SIGKILL and restarted routes its first command over the
+    LAN to the endpoint learned before; a process started later knows it too."""
+    app = sim.apps[0]
+    env = {"LOVENSE_UTOKEN_SECRET": SECRET.reveal(), "LOVENSE_LAN_ALLOW": "127.0.0.1/32",
+           "LOVENSE_LAN_CA_FILE": sim.ca_file}
+    first = WorkerProcess(sim, **env)
+    await first.start()
+    await pair(sim, producer, app.uid)
+    async with asyncio.timeout(10):
+        while await first.metric("lovense_worker_registry_users") < 1:
+            await asyncio.sleep(0.1)
+    await first.signal(signal.SIGKILL)
+    restarted = WorkerProcess(sim, **env)
+    await restarted.start()
+    try:
+        sim.clear()
+        result = await producer.call({"command": "Function", "uid": app.uid,
+                                      "action": "Vibrate:6", "timeSec": 3}, timeout=15)
+        assert (result.status, result.via) == ("ok", "lan")
+        later = WorkerProcess(sim, **env)
+        await later.start()
+        assert await later.metric("lovense_worker_registry_users") == 1
+        await restarted.signal(signal.SIGTERM)  # the later process takes every shard
+        second = await producer.call({"command": "Preset", "uid": app.uid, "name": "pulse",
+                                      "timeSec": 3}, timeout=15)
+        assert (second.status, second.via) == ("ok", "lan")
+        await later.signal(signal.SIGTERM)
+    finally:
+        await restarted.signal(signal.SIGTERM)
+    assert [r.side for r in sim.requests] == ["lan", "lan"]
