@@ -200,15 +200,15 @@ class Dispatcher:
             reply = await call
         except UpstreamError as exc:
             kind = "not_delivered" if isinstance(exc, NotDelivered) else "maybe_delivered"
-            self._metrics.upstream_requests.labels(route, command, kind).inc()
+            self._metrics.child(self._metrics.upstream_requests, route, command, kind).inc()
             raise
         finally:
-            self._metrics.upstream_seconds.labels(route, command).observe(
+            self._metrics.child(self._metrics.upstream_seconds, route, command).observe(
                 time.perf_counter() - start
             )
-        self._metrics.upstream_requests.labels(route, command, str(reply.code)).inc()
+        self._metrics.child(self._metrics.upstream_requests, route, command, str(reply.code)).inc()
         if reply.code in codes.CONFIG_ERRORS and route == "server":
-            self._metrics.config_errors.labels(str(reply.code)).inc()
+            self._metrics.child(self._metrics.config_errors, str(reply.code)).inc()
         return reply
 
     def _from_reply(self, cmd: Command, reply: Reply, via: Via) -> Outcome:
@@ -247,7 +247,7 @@ class Dispatcher:
             if time.time() * 1000 + delay * 1000 + RETRY_MARGIN_MS >= deadline_ms:
                 break
             if not outcome.not_delivered:
-                self._metrics.repeats.labels(route).inc()
+                self._metrics.child(self._metrics.repeats, route).inc()
             await asyncio.sleep(delay)
         outcome.attempts = attempts
         return outcome
@@ -268,7 +268,7 @@ class Dispatcher:
         except UpstreamError as exc:
             never = isinstance(exc, NotDelivered)
             if never and self.breakers is not None and self.breakers.failure(key):
-                self._metrics.circuit_opened.labels("lan").inc()
+                self._metrics.child(self._metrics.circuit_opened, "lan").inc()
             self._track_circuits()
             return Outcome(status="failed", via="lan", message=str(exc), attempts=1,
                            not_delivered=never, retryable=True)
@@ -282,7 +282,7 @@ class Dispatcher:
 
     def _track_circuits(self) -> None:
         if self.breakers is not None:
-            self._metrics.circuits_open.labels("lan").set(self.breakers.open_count())
+            self._metrics.child(self._metrics.circuits_open, "lan").set(self.breakers.open_count())
 
     def _learn_toys(self, cmd: GetToys, data: Any) -> None:
         toys = data.get("toys") if isinstance(data, dict) else None

@@ -6,6 +6,8 @@ Names are ``lovense_worker_<thing>_<unit|total>``; labels are low-cardinality
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -14,8 +16,17 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 class Metrics:
     """Every metric the worker exports, registered in its own registry."""
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """Return a labelled child, cached: ``labels()`` is costly on the per-message path."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.messages = Counter(
             "lovense_worker_messages", "Commands finished, by command and status.",

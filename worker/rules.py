@@ -9,6 +9,7 @@ whose message reads ``"<field>: <what is wrong>"``. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -142,6 +143,16 @@ def parse_action(action: str) -> list[tuple[str, int | tuple[int, int]]]:
 
     Stroke's level is its ``(min, max)`` pair; a lone ``Stop`` parses as ``[("Stop", 0)]``.
     """
+    return list(_parse_action(action))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_action(action: str) -> tuple[tuple[str, int | tuple[int, int]], ...]:
+    # The same few actions arrive over and over; each message is checked more than once.
+    return tuple(_parse_action_uncached(action))
+
+
+def _parse_action_uncached(action: str) -> list[tuple[str, int | tuple[int, int]]]:
     if action == "Stop":
         return [("Stop", 0)]
     if not action:

@@ -189,7 +189,7 @@ class Runtime:
             superseded_by=None, redelivered=delivery.redelivered, received=received,
             completed=self._now(),
         )
-        self._metrics.messages.labels(cmd.kind, "failed").inc()
+        self._metrics.child(self._metrics.messages, cmd.kind, "failed").inc()
         log.error("command_poisoned", message_id=ident, deliveries=deliveries)
         return Handled(result, dead_letter=reason)
 
@@ -312,7 +312,7 @@ class Runtime:
             self._spawn(self._send_stop(job), [job])
             return
         message, _uid, plan = job.payload
-        self._metrics.rate_limit_wait.labels(plan.route).observe(
+        self._metrics.child(self._metrics.rate_limit_wait, plan.route).observe(
             max(0.0, self._clock_ms() - message.accepted_ms) / 1000
         )
         if plan.route == "lan":
@@ -361,7 +361,7 @@ class Runtime:
         for job in live:
             plan: Plan = job.payload[2]
             if plan.fallback:
-                self._metrics.fallbacks.labels(message.cmd.kind).inc()
+                self._metrics.child(self._metrics.fallbacks, message.cmd.kind).inc()
             self._settle(job, replace(outcome, fallback=True) if plan.fallback else outcome)
 
     async def _send_lan(self, job: Job) -> None:
@@ -389,7 +389,7 @@ class Runtime:
                     await self._dispatcher.server(message.cmd, [job.uid], job.deadline_ms),
                     fallback=True)
                 message.calls += outcome.attempts
-                self._metrics.fallbacks.labels(message.cmd.kind).inc()
+                self._metrics.child(self._metrics.fallbacks, message.cmd.kind).inc()
             else:
                 return
         self._settle(job, outcome)
@@ -438,7 +438,7 @@ class Runtime:
             return
         message, uid = job.payload[0], job.payload[1]
         if finished.status == "superseded":
-            self._metrics.coalesced.labels(message.cmd.kind).inc()
+            self._metrics.child(self._metrics.coalesced, message.cmd.kind).inc()
             words = f"superseded by {finished.by}"
         else:
             words = _UNSENT_WORDS[finished.status]
@@ -459,8 +459,8 @@ class Runtime:
             redelivered=message.delivery.redelivered, received=message.received,
             completed=completed,
         )
-        self._metrics.messages.labels(result.command, result.status).inc()
-        self._metrics.end_to_end.labels(result.command).observe(
+        self._metrics.child(self._metrics.messages, result.command, result.status).inc()
+        self._metrics.child(self._metrics.end_to_end, result.command).observe(
             max(0.0, self._clock_ms() - message.published_ms) / 1000
         )
         log.info(
@@ -493,6 +493,6 @@ class Runtime:
             ident, command, uids, Outcome(status="invalid", message=reason), superseded_by=None,
             redelivered=delivery.redelivered, received=received, completed=self._now(),
         )
-        self._metrics.messages.labels(command, "invalid").inc()
+        self._metrics.child(self._metrics.messages, command, "invalid").inc()
         log.warning("command_rejected", command=command, reason=reason)
         return Handled(result, dead_letter=reason)
