@@ -10,17 +10,20 @@ a confirming publisher can, pipelined, while an exclusive queue bound to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aio_pika
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
+from bench.fastpub import FastConsumer, FastPublisher
 from bench.procs import BenchError
 from worker import topology
 
@@ -43,23 +46,22 @@ async def declare(channel: aio_pika.abc.AbstractChannel, shards: int) -> None:
     (PRECONDITION_FAILED). Only the contract module is imported, so the bench
     keeps working while the worker's internals change.
     """
-    durable = {"durable": True}
     commands = await channel.declare_exchange(
-        topology.COMMANDS_EXCHANGE, aio_pika.ExchangeType.X_CONSISTENT_HASH, **durable
+        topology.COMMANDS_EXCHANGE, aio_pika.ExchangeType.X_CONSISTENT_HASH, durable=True
     )
     dead = await channel.declare_exchange(
-        topology.DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable
+        topology.DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
     await channel.declare_exchange(
-        topology.RESULTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, **durable
+        topology.RESULTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
     dead_queue = await channel.declare_queue(
-        topology.DEAD_QUEUE, arguments=topology.dead_arguments(), **durable
+        topology.DEAD_QUEUE, arguments=topology.dead_arguments(), durable=True
     )
     await dead_queue.bind(dead, routing_key="")
     for index in range(shards):
         queue = await channel.declare_queue(
-            topology.shard_queue(index), arguments=topology.shard_arguments(), **durable
+            topology.shard_queue(index), arguments=topology.shard_arguments(), durable=True
         )
         await queue.bind(commands, routing_key="1")  # consistent-hash weight
 
@@ -126,32 +128,56 @@ def percentile(sorted_values: list[float], share: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def command_body(uid: str) -> bytes:
-    """Return the JSON of the benchmark's command for ``uid``."""
+def command_body(uid: str, time_sec: int = 3) -> bytes:
+    """Return the JSON of the benchmark's command for ``uid`` (Vibrate:5 for ``time_sec``)."""
     return msgspec.json.encode(
-        {"command": "Function", "uid": uid, "action": "Vibrate:5", "timeSec": 3, "mode": "server"}
+        {"command": "Function", "uid": uid, "action": "Vibrate:5", "timeSec": time_sec,
+         "mode": "server"}
     )
+
+
+def identical_body(n: int, uid: str) -> bytes:
+    """Return command ``n``: the same Vibrate:5 for 3 s for everyone (merged into calls)."""
+    return command_body(uid)
+
+
+def distinct_body(n: int, uid: str) -> bytes:
+    """Return command ``n`` with its own ``timeSec`` (2 + n s), so no two are alike."""
+    return command_body(uid, 2 + n)
 
 
 class Collector:
     """Collect results of one run's commands from an exclusive queue bound with ``#``."""
 
-    def __init__(self, expected: set[str]) -> None:
+    def __init__(self, expected: set[str], keep: bool = False) -> None:
         self.expected = expected
         self.received: dict[str, float] = {}  # id -> epoch ms when the result arrived
+        #: With ``keep``: id -> the decoded result (status, via, supersededBy, ...).
+        self.keep = keep
+        self.results: dict[str, dict[str, Any]] = {}
         self.status: Counter[str] = Counter()
         self.duplicates = 0
         self.strays = 0
         self.last_ms = 0.0
         self.done = asyncio.Event()
 
+    def expect(self, idents: Iterable[str]) -> None:
+        """Add ids to wait for (before they are published)."""
+        self.expected.update(idents)
+        self.done.clear()
+
     def on_result(self, message: AbstractIncomingMessage) -> None:
+        self.on_body(message.body, message.message_id)
+
+    def on_body(self, body: bytes, message_id: str | None = None) -> None:
+        """Take one result message's body (arriving now)."""
         now = time.time() * 1000
+        result: Any = None
         try:
-            result = _decode(message.body)
+            result = _decode(body)
             ident, status = result.get("id"), result.get("status")
         except (msgspec.DecodeError, AttributeError):
-            ident, status = message.message_id, "undecodable"
+            ident, status = message_id, "undecodable"
         if ident not in self.expected:
             self.strays += 1
             return
@@ -159,13 +185,51 @@ class Collector:
             self.duplicates += 1
             return
         self.received[ident] = now
+        if self.keep:
+            self.results[ident] = result
         self.status[str(status)] += 1
         self.last_ms = now
         if len(self.received) == len(self.expected):
             self.done.set()
 
 
-async def _publish_all(
+@dataclass
+class Session:
+    """One bench connection: a confirming publish channel and a results collector."""
+
+    connection: aio_pika.abc.AbstractConnection
+    listen: aio_pika.abc.AbstractChannel
+    publish: aio_pika.abc.AbstractChannel
+    collector: Collector
+
+
+@contextlib.asynccontextmanager
+async def session(url: str, name: str, *, keep: bool = False) -> AsyncIterator[Session]:
+    """Connect; collect every result (``keep``: with its body) from an exclusive queue.
+
+    Results come through a :class:`FastConsumer` (its own connection, about a tenth
+    of aio-pika's CPU per message), so the bench takes less CPU from the subject on
+    this small machine; ``listen`` and ``publish`` are ordinary aio-pika channels.
+    """
+    collector = Collector(set(), keep=keep)
+    connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+    async with connection, FastConsumer(url, topology.RESULTS_EXCHANGE, "#", collector.on_body,
+                                        name=f"{name}-results"):
+        listen = await connection.channel()
+        publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        yield Session(connection, listen, publish, collector)
+
+
+def stamped(body: bytes, ident: str, stamp: int) -> aio_pika.Message:
+    """Return a persistent command message stamped with ``x-lovense-published-ms``."""
+    return aio_pika.Message(
+        body, content_type="application/json", message_id=ident,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={topology.PUBLISHED_MS_HEADER: stamp},
+    )
+
+
+async def publish_all(
     exchange: aio_pika.abc.AbstractExchange, routes: list[tuple[str, str, bytes]],
     stamps: dict[str, int],
 ) -> None:
@@ -175,29 +239,106 @@ async def _publish_all(
         for ident, key, body in routes[start : start + BATCH]:
             stamp = time.time_ns() // 1_000_000
             stamps[ident] = stamp
-            message = aio_pika.Message(
-                body, content_type="application/json", message_id=ident,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers={topology.PUBLISHED_MS_HEADER: stamp},
-            )
-            sends.append(exchange.publish(message, routing_key=key, mandatory=True))
+            sends.append(exchange.publish(stamped(body, ident, stamp), routing_key=key,
+                                          mandatory=True))
         await asyncio.gather(*sends)
+
+
+async def publish_paced(
+    exchange: aio_pika.abc.AbstractExchange, routes: list[tuple[str, str, bytes]],
+    rate: float, stamps: dict[str, int],
+) -> dict[str, float]:
+    """Publish (id, routing key, body) at ``rate`` per second on a fixed schedule.
+
+    Message i is due at start + i / rate; each is stamped when it is actually sent
+    and confirms are awaited concurrently, so a slow confirm never delays the next
+    publish. Return the achieved rate and how far behind schedule sends fell.
+    """
+    start = time.monotonic()
+    sends: list[asyncio.Future[Any]] = []
+    sent, worst_lag = 0, 0.0
+    while sent < len(routes):
+        now = time.monotonic()
+        due = min(len(routes), int((now - start) * rate) + 1)
+        for i in range(sent, due):
+            ident, key, body = routes[i]
+            stamp = time.time_ns() // 1_000_000
+            stamps[ident] = stamp
+            worst_lag = max(worst_lag, now - (start + i / rate))
+            sends.append(asyncio.ensure_future(
+                exchange.publish(stamped(body, ident, stamp), routing_key=key, mandatory=True)))
+        sent = due
+        await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+    published = time.monotonic()
+    await asyncio.gather(*sends)
+    confirmed = time.monotonic()
+    span = published - start
+    return {
+        "rate_per_s": round((len(routes) - 1) / span, 1) if span > 0 else 0.0,
+        "span_s": round(span, 3),
+        "worst_lag_ms": round(worst_lag * 1000, 1),
+        "confirm_tail_ms": round((confirmed - published) * 1000, 1),
+    }
+
+
+def properties(ident: str, stamp: int) -> Basic.Properties:
+    """Return the AMQP properties of a command message (for :class:`FastPublisher`)."""
+    return Basic.Properties(content_type="application/json", delivery_mode=2,
+                            message_id=ident, headers={topology.PUBLISHED_MS_HEADER: stamp})
+
+
+async def publish_paced_fast(
+    publisher: FastPublisher, exchange: str, routes: list[tuple[str, str, bytes]],
+    rate: float, stamps: dict[str, int], tick_s: float = 0.005,
+) -> dict[str, float]:
+    """Like :func:`publish_paced`, through a :class:`FastPublisher` (far less bench CPU).
+
+    Every tick (at most every ``tick_s``) writes the messages due by then in one
+    socket write; confirms are counted as they come, never awaited per message.
+    """
+    start = time.monotonic()
+    sent, worst_lag = 0, 0.0
+    while sent < len(routes):
+        now = time.monotonic()
+        due = min(len(routes), int((now - start) * rate) + 1)
+        batch = []
+        for i in range(sent, due):
+            ident, key, body = routes[i]
+            stamp = time.time_ns() // 1_000_000
+            stamps[ident] = stamp
+            worst_lag = max(worst_lag, now - (start + i / rate))
+            batch.append((key, body, properties(ident, stamp)))
+        if batch:
+            await publisher.publish_messages(batch, exchange, batch=len(batch))
+        sent = due
+        await asyncio.sleep(max(tick_s, start + sent / rate - time.monotonic()))
+    published = time.monotonic()
+    await publisher.wait_confirmed()
+    confirmed = time.monotonic()
+    span = published - start
+    return {
+        "rate_per_s": round((len(routes) - 1) / span, 1) if span > 0 else 0.0,
+        "span_s": round(span, 3),
+        "worst_lag_ms": round(worst_lag * 1000, 1),
+        "confirm_tail_ms": round((confirmed - published) * 1000, 1),
+    }
 
 
 async def drive(
     url: str, *, worker: bool, commands: int, tag: str, timeout: float,
     watch: Callable[[], str | None], shards: int = 4,
+    body: Callable[[int, str], bytes] = identical_body,
 ) -> Figures:
     """Publish ``commands`` commands (to the worker's exchange or the baseline's queue).
 
-    ``watch`` is polled while waiting; a non-None answer (e.g. "worker exited")
-    aborts the run with that reason.
+    Command ``n`` is ``body(n, "bench-<n>")``. ``watch`` is polled while waiting; a
+    non-None answer (e.g. "worker exited") aborts the run with that reason.
     """
     routes = []
     for n in range(commands):
         uid = f"bench-{n}"
         key = uid if worker else BASELINE_QUEUE
-        routes.append((f"{tag}-{n}", key, command_body(uid)))
+        routes.append((f"{tag}-{n}", key, body(n, uid)))
     collector = Collector({ident for ident, _, _ in routes})
     stamps: dict[str, int] = {}
     connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-load"})
@@ -216,7 +357,7 @@ async def drive(
         else:
             exchange = publish.default_exchange
         started = time.time()
-        await _publish_all(exchange, routes, stamps)
+        await publish_all(exchange, routes, stamps)
         published = time.time()
         reason = await _wait(collector, started + timeout, watch)
         await asyncio.sleep(LINGER_S)  # late duplicates count too

@@ -60,6 +60,20 @@ def cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def memory_kb(pid: int) -> dict[str, int]:
+    """Return VmRSS and VmHWM (peak RSS) of a live process in kB, from /proc/PID/status."""
+    found: dict[str, int] = {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(value.split()[0])
+    return found
+
+
 def broker_pid() -> int | None:
     """Return the pid of a local RabbitMQ node (``beam.smp``), if one runs on this machine."""
     for entry in Path("/proc").iterdir():
@@ -127,11 +141,35 @@ class Proc:
         self.log = log
         self.pid = process.pid
         self.metrics_port: int | None = None
+        #: time.monotonic() just before the process was spawned, and seconds to /readyz 200.
+        self.started_at = time.monotonic()
+        self.ready_s: float | None = None
         self._drain: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
         return self.process.returncode is None
+
+    async def wait_ready(self, timeout: float = _READY_TIMEOUT_S, poll_s: float = 0.1) -> float:
+        """Wait until the worker's /readyz answers 200; return seconds since it was spawned."""
+        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
+        deadline = self.started_at + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if not self.alive:
+                    break
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            self.ready_s = time.monotonic() - self.started_at
+                            return self.ready_s
+                await asyncio.sleep(poll_s)
+        raise BenchError(f"{self.name} was not ready within {timeout:.0f} s (exit code "
+                         f"{self.process.returncode}):\n{self.tail()}")
+
+    def memory_kb(self) -> dict[str, int]:
+        """Return VmRSS and VmHWM (peak RSS) in kB from /proc/PID/status (empty once gone)."""
+        return memory_kb(self.pid)
 
     def cpu(self) -> float | None:
         """Return the CPU seconds used so far (None once it has exited)."""
@@ -233,12 +271,14 @@ class Procs:
         with log.open("wb") as err:
             err.write(f"$ {' '.join(argv)}\n".encode())
             err.flush()
+            spawned_at = time.monotonic()
             process = await asyncio.create_subprocess_exec(
                 *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         child = Proc(name, process, log)
+        child.started_at = spawned_at
         self._children.append(child)
         return child
 
@@ -248,36 +288,45 @@ class Procs:
             self._children.remove(child)
         return await asyncio.shield(child.stop(sig=sig))
 
-    async def simulator(self, delay_ms: int, token: str) -> tuple[Proc, dict[str, Any]]:
-        """Start ``lovense-worker simulate`` answering after ``delay_ms``; return it, its event."""
+    async def simulator(
+        self, delay_ms: int, token: str, *, record: bool = False
+    ) -> tuple[Proc, dict[str, Any]]:
+        """Start ``lovense-worker simulate`` answering after ``delay_ms``; return it, its event.
+
+        With ``record`` the simulator keeps every request it gets (``GET /_sim/requests``
+        lists them with ``received_ms``); without, it keeps nothing (long runs).
+        """
         argv = [*lovense_cli(), "simulate", "--host", "127.0.0.1", "--server-port", "0",
                 "--apps", "1", "--delay-ms", str(delay_ms), "--token", token,
-                "--no-record", "--quiet"]
+                *([] if record else ["--no-record"]), "--quiet"]
         child = await self.start(f"simulator-{delay_ms}ms", argv)
         event = await child.ready_line()
         if event.get("event") != "simulator_ready" or "serverUrl" not in event:
             raise BenchError(f"simulator: unexpected ready line {event!r}")
         return child, event
 
-    async def worker(self, name: str, env: dict[str, str]) -> Proc:
-        """Start ``lovense-worker run`` with ``env``; return once its /readyz answers 200."""
+    async def worker(
+        self, name: str, env: dict[str, str], *, ready_timeout: float = _READY_TIMEOUT_S,
+        poll_s: float = 0.1, wait: bool = True, gc_stats: bool = False,
+    ) -> Proc:
+        """Start ``lovense-worker run`` with ``env``; return once its /readyz answers 200.
+
+        With ``wait=False`` return at once (then :meth:`Proc.wait_ready`). The child's
+        ``ready_s`` is the time from just before it was spawned to its first 200.
+        With ``gc_stats`` it runs under ``python -m bench.gcstats`` (its collector timed).
+        """
         port = int(env["LOVENSE_METRICS_PORT"])
-        child = await self.start(name, [*lovense_cli(), "run"], env)
+        argv = ([sys.executable, "-m", "bench.gcstats", "run"] if gc_stats
+                else [*lovense_cli(), "run"])
+        child = await self.start(name, argv, env)
         child.metrics_port = port
-        url = f"http://127.0.0.1:{port}/readyz"
-        deadline = time.monotonic() + _READY_TIMEOUT_S
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if not child.alive:
-                    break
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return child
-                await asyncio.sleep(0.1)
-        await self.stop(child)
-        raise BenchError(f"{name} was not ready within {_READY_TIMEOUT_S:.0f} s (exit code "
-                         f"{child.process.returncode}):\n{child.tail()}")
+        if wait:
+            try:
+                await child.wait_ready(ready_timeout, poll_s)
+            except BenchError:
+                await self.stop(child)
+                raise
+        return child
 
     async def baseline(self, name: str, argv: list[str]) -> Proc:
         """Start the baseline consumer; return once it says it consumes."""
