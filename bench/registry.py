@@ -40,6 +40,7 @@ import secrets
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, Final
 
 import aio_pika
@@ -278,18 +279,29 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
           f"{samples[-1][0] if samples else '?'} s after it was spawned; waiting for its "
           "snapshot", flush=True)
 
+    # The log line's "users" is the registry's size once the chunks are out, not what
+    # they hold: a snapshot covers every user when its log offset (taken before its
+    # first chunk) reaches the last callback's. The stream is new, so its offsets
+    # start at 0; A appends one marker at start-up (before the callbacks when it
+    # starts first, after them otherwise).
+    last_offset = users if a_start == "during" else users - 1
+    first_full: dict[str, Any] | None = None
     snapshot: dict[str, Any] | None = None
     snap_wait_s = None
     if reason is None:
         t0 = time.monotonic()
         deadline = t0 + 2 * SNAPSHOT_INTERVAL_S + 300
         while snapshot is None and time.monotonic() < deadline and a.alive:
-            snapshot = next((e for e in _events(a, "registry_snapshot_written")
-                             if e.get("users") == users), None)
+            written = _events(a, "registry_snapshot_written")
+            first_full = first_full or next(
+                (e for e in written if e.get("users") == users), None)
+            snapshot = next((e for e in written if e.get("users") == users
+                             and int(e.get("log_offset", -1)) >= last_offset), None)
             await asyncio.sleep(0.5)
         snap_wait_s = round(time.monotonic() - t0, 1)
         if snapshot is None:
-            reason = f"A wrote no snapshot with {users} users within {snap_wait_s} s"
+            reason = (f"A wrote no snapshot covering log offset {last_offset} within "
+                      f"{snap_wait_s} s")
     a_memory = a.memory_kb()
     a_snapshots = _events(a, "registry_snapshot_written")
     a_code = await procs.stop(a)
@@ -299,6 +311,7 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
     if reason is None:
         env_b = {**env, "LOVENSE_METRICS_PORT": str(free_port())}
         b = await procs.worker("registry-B", env_b, wait=False)
+        b_spawn_wall = time.time() - (time.monotonic() - b.started_at)
         spy = await _spy(procs, opts, b, "registry-B")
         try:
             await b.wait_ready(timeout=max(300.0, START_TARGET_S * 5), poll_s=0.05)
@@ -307,7 +320,16 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
         b_users = await _users(b)
         b_profile = await _unspy(procs, opts, spy, "registry-B", b.cpu(), users)
         b_ready = _events(b, "registry_ready")
+        steps = {}
+        for name in ("stop_log_replayed", "registry_ready", "worker_started"):
+            found = _events(b, name)
+            if found and "timestamp" in found[0]:
+                at = datetime.fromisoformat(str(found[0]["timestamp"]).replace("Z", "+00:00"))
+                steps[name] = round(at.timestamp() - b_spawn_wall, 2)
         b_figures = {
+            "log_lines_at_s_after_spawn": steps,
+            "log_replayed_after_snapshot": None if not a_snapshots
+                else last_offset - int(a_snapshots[-1].get("log_offset", 0)),
             "ready_s": None if b.ready_s is None else round(b.ready_s, 2),
             "users": b_users,
             "registry_ready_event": b_ready[0] if b_ready else None,
@@ -332,7 +354,7 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
         breakdown = await _memory_breakdown(procs, opts, users)
     checks = {
         "A replayed every user": bool(samples) and samples[-1][1] == users,
-        "A wrote a snapshot with every user": snapshot is not None,
+        "A wrote a snapshot covering every user": snapshot is not None,
         "B became ready with every user": b_figures.get("users") == users,
         "workers exited 0": a_code == 0 and b_figures.get("exit_code", 0) == 0,
         "no run failure": reason is None,
@@ -356,6 +378,8 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
             "users_samples": samples,
             "memory_mb_with_all_users": {k: _mb(v) for k, v in a_memory_all.items()},
             "snapshot_event": snapshot,
+            "first_snapshot_event_saying_all_users": first_full,
+            "last_callback_offset": last_offset,
             "snapshots_written": len(a_snapshots),
             "snapshot_wait_s": snap_wait_s,
             "memory_mb": {"VmRSS": rss, "VmHWM": hwm},
@@ -398,8 +422,9 @@ def table(data: dict[str, Any]) -> str:
         f"{fmt(a_event.get('seconds'))} s); log applied at {fmt(replay['messages_per_s'])} "
         f"messages/s (gauge first > 0 at {fmt(replay['first_user_s'])} s, all at "
         f"{fmt(replay['all_users_s'])} s), {fmt(a['replay_cpu_us_per_message'])} µs CPU/message",
-        f"A: snapshot with {fmt(snap.get('users'))} users in {fmt(snap.get('chunks'))} chunks "
-        f"{fmt(a['snapshot_wait_s'])} s after it had every user; RSS "
+        f"A: snapshot covering log offset {fmt(snap.get('log_offset'))} (every user) in "
+        f"{fmt(snap.get('chunks'))} chunks {fmt(a['snapshot_wait_s'])} s after it had every "
+        f"user; RSS "
         f"{fmt(a['memory_mb']['VmRSS'])} MB, peak {fmt(a['memory_mb']['VmHWM'])} MB (before the "
         f"snapshot: {fmt(a['memory_mb_with_all_users'].get('VmRSS'))} MB), "
         f"{fmt(a['bytes_per_user_rss'])} B/user -> {verdict(t['rss']['met'])} "
@@ -410,6 +435,10 @@ def table(data: dict[str, Any]) -> str:
         f"(its registry_ready: {fmt(b_event.get('seconds'))} s, from snapshot "
         f"{fmt(b_event.get('from_snapshot'))}), RSS {fmt((b.get('memory_mb') or {}).get('VmRSS'))}"
         f" MB -> {verdict(t['start']['met'])} (<= {START_TARGET_S:g} s)",
+        "B: log lines at (s after spawn): "
+        + ", ".join(f"{k} {v}" for k, v in (b.get("log_lines_at_s_after_spawn") or {}).items())
+        + "; callback-log messages after its snapshot: "
+        + fmt(b.get("log_replayed_after_snapshot")),
     ]
     breakdown = data.get("memory_breakdown")
     if breakdown and "top" in breakdown:
