@@ -15,6 +15,7 @@ which command each call carried; the simulator answers at once (0 ms).
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections import Counter
 from typing import Any, Final
@@ -79,7 +80,7 @@ async def run(procs: Procs, opts: Options) -> Outcome:
     env = worker_env(opts.amqp_url, event, opts=opts)
     rate = float(env.get("LOVENSE_SERVER_RATE", DEFAULT_RATE))
     burst = float(env.get("LOVENSE_SERVER_BURST", DEFAULT_BURST))
-    worker = await procs.worker("flood-worker", env)
+    worker = await procs.worker("flood-worker", env, gc_stats=opts.gc_stats)
     await sim_clear(event["serverUrl"])
     watch = watcher(worker, sim)
 
@@ -110,6 +111,13 @@ async def run(procs: Procs, opts: Options) -> Outcome:
     requests = await sim_requests(event["serverUrl"])
     code = await procs.stop(worker)
     await procs.stop(sim)
+    gc_line = next((line for line in worker.log_lines()
+                    if line.startswith('{"event": "bench_gc_stats')), None)
+    gc = json.loads(gc_line) if gc_line else None
+    if gc is not None:
+        pauses = gc.pop("long_pauses", [])
+        gc["ms_per_command"] = round(gc["total_seconds"] * 1000 / commands, 3)
+        gc["long_pauses_ms_max"] = max((p[1] for p in pauses), default=None)
 
     # ---- what reached the simulator for this uid
     by_time = {2 + n: n for n in range(commands)}
@@ -179,6 +187,7 @@ async def run(procs: Procs, opts: Options) -> Outcome:
         "run_s": round((max(collector.received.values(), default=0) / 1000)
                        - stamps[routes[0][0]] / 1000, 2),
         "profiles": {"worker during the flood (µs per command)": summary},
+        "gc": gc,
         "machine_busy_share": None if cpu["machine_busy_share"] is None
             else round(cpu["machine_busy_share"], 3),
         "exit_code": code,
@@ -219,6 +228,11 @@ def table(data: dict[str, Any]) -> str:
         + ", ".join(f"{k} {fmt(v)}" for k, v in data["cpu_s"].items())
         + f"; machine busy {fmt(data['machine_busy_share'], '.0%')}",
     ]
+    if data.get("gc"):
+        gc = data["gc"]
+        lines.append(f"worker garbage collector (--gc-stats): {gc['ms_per_command']} ms/command "
+                     f"({gc['total_seconds']} s, collections {gc['collections']}, longest pause "
+                     f"{fmt(gc['long_pauses_ms_max'])} ms)")
     lines += [f"check: {name}: {'yes' if good else 'NO'}" for name, good in data["checks"].items()]
     if data["failure"]:
         lines.append(f"FAILED: {data['failure']} (log: {data['log_file']})")

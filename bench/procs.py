@@ -164,8 +164,11 @@ class Proc:
                             self.ready_s = time.monotonic() - self.started_at
                             return self.ready_s
                 await asyncio.sleep(poll_s)
-        raise BenchError(f"{self.name} was not ready within {timeout:.0f} s (exit code "
-                         f"{self.process.returncode}):\n{self.tail()}")
+        if not self.alive:
+            raise BenchError(f"{self.name} exited with code {self.process.returncode} "
+                             f"{time.monotonic() - self.started_at:.0f} s after it was spawned, "
+                             f"before /readyz answered 200:\n{self.tail()}")
+        raise BenchError(f"{self.name} was not ready within {timeout:.0f} s:\n{self.tail()}")
 
     def memory_kb(self) -> dict[str, int]:
         """Return VmRSS and VmHWM (peak RSS) in kB from /proc/PID/status (empty once gone)."""
