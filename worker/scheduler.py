@@ -43,6 +43,8 @@ FinishStatus = Literal["superseded", "expired", "dropped"]
 _SWEEPABLE: Final = frozenset({"replace", "queue"})
 _SEEN_STOPS: Final = 100_000
 _HOUSEKEEPING_MS: Final = 10_000.0
+#: The deadline heap is rebuilt once it holds this many more entries than pending jobs.
+_STALE_DEADLINES: Final = 1024
 
 
 @dataclass(eq=False, slots=True)
@@ -186,6 +188,8 @@ class Scheduler:
         job.state = "pending"
         self._pending += 1
         heapq.heappush(self._deadlines, (job.deadline_ms, job.seq, job))
+        if len(self._deadlines) > 2 * self._pending + _STALE_DEADLINES:
+            self._compact_deadlines()
         self._push(now, "key", job.key)
         return finished
 
@@ -238,7 +242,9 @@ class Scheduler:
         """Return the jobs to send now, jobs finished unsent, and when to poll next."""
         now = self._clock()
         finished, self._finished = self._finished, []
-        while self._deadlines and self._deadlines[0][0] <= now:
+        # Entries of jobs sent or finished since are dropped here too, not kept to their deadline.
+        while self._deadlines and (self._deadlines[0][0] <= now
+                                   or self._deadlines[0][2].state != "pending"):
             _, _, late = heapq.heappop(self._deadlines)
             if late.state == "pending":
                 self._keys[late.key].pending.remove(late)
@@ -270,6 +276,16 @@ class Scheduler:
 
     def _push(self, when: float, kind: str, ref: Any) -> None:
         heapq.heappush(self._wake, (when, next(self._seq), kind, ref))
+
+    def _compact_deadlines(self) -> None:
+        """Drop the entries of jobs no longer pending, so they (and their payloads) can go.
+
+        A sent job's entry would otherwise live until its deadline (an hour, with a
+        long TTL): a heap of finished work the garbage collector walks again and again.
+        Rebuilt only when stale entries outnumber live ones, so the cost per job stays O(1).
+        """
+        self._deadlines = [entry for entry in self._deadlines if entry[2].state == "pending"]
+        heapq.heapify(self._deadlines)
 
     def _state(self, key: Key) -> _KeyState:
         state = self._keys.get(key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,3 +337,46 @@ def test_stop_seen_in_the_log_first_is_sent_once() -> None:
     s.submit(job("stop-1", cls="stop", published=clock.ms))
     s.settled(inflight)
     assert ids(s.poll().send) == ["stop-1"]
+
+
+class _Payload:
+    """Something a job carries, to see whether the scheduler still holds it."""
+
+
+def test_sent_jobs_are_let_go_before_their_deadline() -> None:
+    """Work that was sent and settled is not kept until its (far) deadline."""
+    s, clock = make(server=Limit(rate=1e9, burst=1e9))
+    refs = []
+    for n in range(5_000):
+        payload = _Payload()
+        refs.append(weakref.ref(payload))
+        j = job(f"j{n}", uid=f"u{n}", deadline=clock.ms + 3_600_000)
+        j.payload = payload
+        s.submit(j)
+        for sent in s.poll().send:
+            s.settled(sent)
+        del payload, j
+    gc.collect()
+    alive = sum(1 for r in refs if r() is not None)
+    # The deadline heap is compacted once stale entries pass a fixed slack (1024).
+    assert alive <= 1100
+    assert s.pending == 0
+
+
+def test_a_superseded_job_is_let_go_before_its_deadline() -> None:
+    """Replaced jobs are dropped from the deadline heap too, and expiry still works after."""
+    s, clock = make(server=Limit(rate=1, burst=1))
+    s.submit(job("first", deadline=clock.ms + 3_600_000))
+    s.poll()  # in flight
+    refs = []
+    for n in range(3_000):
+        j = job(f"r{n}", deadline=clock.ms + 3_600_000)
+        j.payload = _Payload()
+        refs.append(weakref.ref(j.payload))
+        s.submit(j)
+        del j
+    assert sum(1 for r in refs if r() is not None) <= 1100
+    clock.ms += 3_600_001
+    tick = s.poll()
+    assert [f.job.ident for f in tick.finished] == ["r2999"]
+    assert [f.status for f in tick.finished] == ["expired"]
