@@ -33,6 +33,7 @@ from aio_pika.abc import (
 
 from worker import topology
 from worker.assignment import Assignment
+from worker.catchup import wait_caught_up
 from worker.messages import Result, encoder
 from worker.metrics import Metrics
 from worker.results import Delivery, Handled, Lane
@@ -43,7 +44,6 @@ HandleFn = Callable[[Delivery], Awaitable[Handled]]
 StopLogFn = Callable[[Delivery], None]
 STOP_LANE_PREFETCH = 64
 STOP_LOG_PREFETCH = 1000
-REPLAY_TIMEOUT_S = 60.0
 PRESENCE_INTERVAL_S = 1.0
 PRESENCE_TTL_S = 3.0
 
@@ -158,7 +158,10 @@ class Broker:
         self._stop_log_handler = on_stop
         self._replayed.clear()
 
+        taken = [0]
+
         async def on_message(message: AbstractIncomingMessage) -> None:
+            taken[0] += 1
             headers = message.headers or {}
             offset = headers.get("x-stream-offset")
             if isinstance(offset, int):
@@ -178,7 +181,7 @@ class Broker:
             aio_pika.Message(b"", headers={topology.MARKER_HEADER: self._marker}),
             routing_key=topology.STOP_LOG,
         )
-        await asyncio.wait_for(self._replayed.wait(), REPLAY_TIMEOUT_S)
+        await wait_caught_up(self._replayed, lambda: taken[0], f"replaying {topology.STOP_LOG}")
         log.info("stop_log_replayed")
 
     async def consume(self, handle: HandleFn) -> None:
@@ -371,14 +374,13 @@ class Broker:
             message_id=result.id,
             correlation_id=correlation_id,
         )
-        sends = [self._results.publish(outgoing, routing_key=result.routing_key, mandatory=False)]
-        if reply_to:
-            sends.append(
-                self._publisher.default_exchange.publish(
-                    outgoing, routing_key=reply_to, mandatory=False
-                )
-            )
-        await asyncio.gather(*sends)
+        published = self._results.publish(outgoing, routing_key=result.routing_key,
+                                          mandatory=False)
+        if not reply_to:
+            await published  # the common case: no task for gather to wrap it in
+            return
+        await asyncio.gather(published, self._publisher.default_exchange.publish(
+            outgoing, routing_key=reply_to, mandatory=False))
 
     @property
     def connection(self) -> AbstractConnection:

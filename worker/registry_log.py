@@ -9,9 +9,13 @@ three streams' worth of lifecycle:
   replica applies it to its registry, after the newest snapshot.
 * ``lovense.registry.snapshots`` (stream): every ``LOVENSE_SNAPSHOT_INTERVAL_S``
   one replica writes the whole registry in chunks, each tagged with the callback
-  log offset it covers. Start-up finds the newest complete snapshot (headers
-  only), loads it, then replays only the log after it: streams cannot compact,
-  and heartbeats outnumber users many times over.
+  log offset it covers. Start-up finds the newest complete snapshot (reading
+  back two snapshot intervals; the whole stream only when they hold none), loads
+  it, then replays only the log after it: streams cannot compact, and heartbeats
+  outnumber users many times over.
+
+A replay is waited for as long as it makes progress (:mod:`worker.catchup`):
+a million callbacks without a snapshot take minutes, and that is no reason to die.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import aio_pika
@@ -34,6 +39,7 @@ from aio_pika.abc import (
 )
 
 from worker import topology
+from worker.catchup import wait_caught_up
 from worker.pairing import FORGET_HEADER, Pairing
 
 log = structlog.get_logger("worker.registry_log")
@@ -47,7 +53,8 @@ _CHUNK = "x-lovense-chunk"
 _CHUNKS = "x-lovense-chunks"
 _LOG_OFFSET = "x-lovense-log-offset"
 _AT = "x-lovense-snapshot-ms"
-REPLAY_TIMEOUT_S: Final = 300.0
+#: Start-up looks for the newest snapshot this many intervals back before reading it all.
+SNAPSHOT_LOOKBACK_INTERVALS: Final = 2
 
 
 @dataclass(slots=True)
@@ -84,6 +91,9 @@ class RegistryLog:
         self._channel: AbstractChannel | None = None
         self._latest_snapshot_ms = 0
         self._tasks: list[asyncio.Task[None]] = []
+        #: The snapshot start-up loaded, and the last one this replica wrote (their ids).
+        self.loaded_snapshot: str | None = None
+        self.written_snapshot: str | None = None
 
     async def declare(self, channel: AbstractChannel) -> None:
         """Declare the callback queue and the two streams (idempotently)."""
@@ -113,6 +123,7 @@ class RegistryLog:
         snapshot = await self._newest_snapshot()
         if snapshot is not None:
             await self._load_snapshot(snapshot)
+            self.loaded_snapshot = snapshot.ident
         await self._follow_log(None if snapshot is None else snapshot.log_offset)
         self._pairing.prune()
         log.info("registry_ready", users=len(self._pairing.registry),
@@ -182,6 +193,7 @@ class RegistryLog:
         """Consume a stream from ``offset`` until a marker appended now comes back."""
         marker = uuid.uuid4().hex
         caught_up = asyncio.Event()
+        taken = [0]
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(stream, ensure=False)
@@ -189,6 +201,7 @@ class RegistryLog:
         async def handle(message: AbstractIncomingMessage) -> None:
             headers = message.headers or {}
             await message.ack()
+            taken[0] += 1
             if topology.MARKER_HEADER in headers:
                 if headers[topology.MARKER_HEADER] == marker:
                     caught_up.set()
@@ -201,10 +214,18 @@ class RegistryLog:
         tag = await queue.consume(handle, arguments={"x-stream-offset": offset})
         await self._publisher.default_exchange.publish(
             aio_pika.Message(b"", headers={topology.MARKER_HEADER: marker}), routing_key=stream)
-        await asyncio.wait_for(caught_up.wait(), REPLAY_TIMEOUT_S)
+        await wait_caught_up(caught_up, lambda: taken[0], f"replaying {stream}")
         return queue, tag
 
     async def _newest_snapshot(self) -> _Seen | None:
+        # Replicas write one every interval, so the newest complete one normally starts
+        # within the last two: read those, not a day of snapshots, unless they hold none.
+        since = datetime.now(UTC) - timedelta(
+            seconds=SNAPSHOT_LOOKBACK_INTERVALS * self._interval)
+        return await self._newest_snapshot_from(since) or await self._newest_snapshot_from(
+            "first")
+
+    async def _newest_snapshot_from(self, offset: Any) -> _Seen | None:
         seen: dict[str, _Seen] = {}
 
         def note(message: AbstractIncomingMessage) -> None:
@@ -217,7 +238,7 @@ class RegistryLog:
                 chunks=int(h[_CHUNKS]), log_offset=int(h[_LOG_OFFSET]), at_ms=int(h[_AT])))
             entry.got.add(int(h[_CHUNK]))
 
-        queue, tag = await self._read_until_marker(SNAPSHOTS, "first", note, 8)
+        queue, tag = await self._read_until_marker(SNAPSHOTS, offset, note, 8)
         # Cancel, not close: closing a channel with acks still on their way kills the
         # connection (CHANNEL_ERROR).
         await queue.cancel(tag)
@@ -238,14 +259,16 @@ class RegistryLog:
         async def take(message: AbstractIncomingMessage) -> None:
             h: dict[str, Any] = dict(message.headers or {})
             await message.ack()
+            taken[0] += 1
             if str(h.get(_SNAPSHOT)) == snapshot.ident and int(h[_CHUNK]) not in got:
                 registry.load(message.body)
                 got.add(int(h[_CHUNK]))
                 if len(got) == snapshot.chunks:
                     loaded.set()
 
+        taken = [0]
         tag = await queue.consume(take, arguments={"x-stream-offset": snapshot.first_offset})
-        await asyncio.wait_for(loaded.wait(), REPLAY_TIMEOUT_S)
+        await wait_caught_up(loaded, lambda: taken[0], f"loading snapshot {snapshot.ident}")
         await queue.cancel(tag)
         self._pairing.last_offset = snapshot.log_offset
 
@@ -277,8 +300,9 @@ class RegistryLog:
         registry = self._pairing.registry
         log_offset = self._pairing.last_offset if self._pairing.last_offset is not None else -1
         ident, at_ms = uuid.uuid4().hex, int(time.time() * 1000)
-        total = max(1, -(-len(registry) // SNAPSHOT_CHUNK))
-        chunks = registry.dump(SNAPSHOT_CHUNK) if len(registry) else iter([b"\x90"])
+        users = len(registry)  # what the chunks hold: the dump lists the uids of this moment
+        total = max(1, -(-users // SNAPSHOT_CHUNK))
+        chunks = registry.dump(SNAPSHOT_CHUNK) if users else iter([b"\x90"])
         for index, chunk in enumerate(chunks):
             await self._publisher.default_exchange.publish(
                 aio_pika.Message(chunk, headers={
@@ -286,7 +310,7 @@ class RegistryLog:
                     _LOG_OFFSET: log_offset, _AT: at_ms,
                 }, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=SNAPSHOTS)
-        self._latest_snapshot_ms = at_ms
-        log.info("registry_snapshot_written", users=len(registry), chunks=total,
+        self._latest_snapshot_ms, self.written_snapshot = at_ms, ident
+        log.info("registry_snapshot_written", users=users, chunks=total,
                  log_offset=log_offset)
         return total

@@ -68,7 +68,8 @@ async def listener() -> AsyncIterator[Listener]:
 
 
 @pytest.fixture
-async def producer() -> AsyncIterator[Producer]:
+async def producer(clean_broker: None) -> AsyncIterator[Producer]:
+    """A producer, once the topology is declared (a fresh broker has none)."""
     async with Producer(AMQP_URL) as connected:
         yield connected
 

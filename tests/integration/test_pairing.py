@@ -79,9 +79,33 @@ async def test_endpoint_survives_restart_and_reaches_a_second_worker(
     assert (first.status, first.via) == ("ok", "lan")
     async with Worker(settings) as second:
         assert second.registry.get(app.uid) is not None
-        await second.registry_log.write_snapshot()  # type: ignore[union-attr]
+        assert second.registry_log is not None
+        await second.registry_log.write_snapshot()
+        written = second.registry_log.written_snapshot
     async with Worker(settings) as from_snapshot:
         assert from_snapshot.registry.get(app.uid) is not None
+        assert from_snapshot.registry_log is not None
+        assert from_snapshot.registry_log.loaded_snapshot == written
+
+
+async def test_a_snapshot_older_than_the_lookback_is_still_found(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """Start-up reads two intervals back first; with nothing there it reads the whole stream."""
+    app = sim.apps[0]
+    settings = worker_settings(sim, utoken_secret=SECRET, snapshot_interval_s=1)
+    async with Worker(settings) as worker:
+        await pair(sim, producer, app.uid)
+        await until(lambda: worker.registry.get(app.uid) is not None)
+        assert worker.registry_log is not None
+        await worker.registry_log.close()  # no more snapshots of its own
+        await worker.registry_log.write_snapshot()
+        written = worker.registry_log.written_snapshot
+    await asyncio.sleep(2.5)  # older than 2 intervals of 1 s
+    async with Worker(settings) as later:
+        assert later.registry_log is not None
+        assert later.registry_log.loaded_snapshot == written
+        assert later.registry.get(app.uid) is not None
 
 
 async def test_lan_app_going_away_falls_back_and_the_circuit_opens_and_closes(
