@@ -166,12 +166,14 @@ class Broker:
             offset = headers.get("x-stream-offset")
             if isinstance(offset, int):
                 self._stop_log_offset = offset
-            if topology.MARKER_HEADER in headers:
-                if headers[topology.MARKER_HEADER] == self._marker:
-                    self._replayed.set()
-            else:
+            ours = headers.get(topology.MARKER_HEADER) == self._marker
+            if topology.MARKER_HEADER not in headers:
                 on_stop(_delivery(message, "stop"))
-            await message.ack()
+            # A stream's acks only hand back credit: one per quarter window is enough.
+            if ours or taken[0] % (STOP_LOG_PREFETCH // 4) == 0:
+                await message.ack(multiple=True)
+            if ours:
+                self._replayed.set()
 
         since: Any = datetime.now(UTC) - timedelta(seconds=topology.STOP_LOG_REPLAY_S)
         if self._stop_log_offset is not None:

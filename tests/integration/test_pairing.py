@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from typing import Any
 
 import aio_pika
@@ -12,9 +13,11 @@ import msgspec
 from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess, worker_settings
 from worker import topology
 from worker.app import Worker
+from worker.bodies import utoken_for
 from worker.config import Secret
 from worker.producer import Producer
-from worker.simulator import Simulator
+from worker.registry_log import CALLBACKS_LOG
+from worker.simulator import SIMULATOR_TOKEN, AppSpec, Simulator
 
 SECRET = Secret("pairing-secret")
 
@@ -172,22 +175,33 @@ async def test_toy_that_cannot_do_it_is_refused(
 
 
 async def test_endpoint_survives_sigkill_across_processes(
-    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+    producer: Producer, results: ResultLog, clean_broker: None
 ) -> None:
     """A worker process killed with SIGKILL and restarted routes its first command over the
     LAN to the endpoint learned before; a process started later knows it too."""
+    # A uid of its own: the log keeps earlier runs' users, so the registry's size says
+    # when this one was added.
+    async with Simulator(token=SIMULATOR_TOKEN,
+                         apps=[AppSpec(uid=f"sigkill-{uuid.uuid4().hex[:8]}")]) as sim:
+        await _endpoint_survives_sigkill(sim, producer)
+
+
+async def _endpoint_survives_sigkill(sim: Simulator, producer: Producer) -> None:
     app = sim.apps[0]
     env = {"LOVENSE_UTOKEN_SECRET": SECRET.reveal(), "LOVENSE_LAN_ALLOW": "127.0.0.1/32",
            "LOVENSE_LAN_CA_FILE": sim.ca_file}
     first = WorkerProcess(sim, **env)
     await first.start()
+    # Earlier tests' users are in the log too: wait for this one to be added to them.
+    known_before = await first.metric("lovense_worker_registry_users")
     await pair(sim, producer, app.uid)
     async with asyncio.timeout(10):
-        while await first.metric("lovense_worker_registry_users") < 1:
+        while await first.metric("lovense_worker_registry_users") <= known_before:
             await asyncio.sleep(0.1)
     await first.signal(signal.SIGKILL)
     restarted = WorkerProcess(sim, **env)
     await restarted.start()
+    later: WorkerProcess | None = None
     try:
         sim.clear()
         result = await producer.call({"command": "Function", "uid": app.uid,
@@ -195,12 +209,47 @@ async def test_endpoint_survives_sigkill_across_processes(
         assert (result.status, result.via) == ("ok", "lan")
         later = WorkerProcess(sim, **env)
         await later.start()
-        assert await later.metric("lovense_worker_registry_users") == 1
+        assert (await later.metric("lovense_worker_registry_users")
+                == await restarted.metric("lovense_worker_registry_users"))
         await restarted.signal(signal.SIGTERM)  # the later process takes every shard
         second = await producer.call({"command": "Preset", "uid": app.uid, "name": "pulse",
                                       "timeSec": 3}, timeout=15)
         assert (second.status, second.via) == ("ok", "lan")
-        await later.signal(signal.SIGTERM)
     finally:
         await restarted.signal(signal.SIGTERM)
+        if later is not None:
+            await later.signal(signal.SIGTERM)
     assert [r.side for r in sim.requests] == ["lan", "lan"]
+
+
+async def test_a_log_longer_than_the_prefetch_window_replays_in_full(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """2,500 callbacks (more than the follower's window of 2,000) all reach a new worker.
+
+    The follower acks a stream only every quarter window: this shows the credit keeps
+    flowing through a replay and then while it follows live.
+    """
+    app = sim.apps[0]
+    template = sim.callback_body(app.uid)
+    settings = worker_settings(sim, utoken_secret=SECRET)
+    tag = uuid.uuid4().hex[:8]
+    uids = [f"bulk-{tag}-{n}" for n in range(2_500)]
+
+    def bodies(chunk: list[str]) -> list[bytes]:
+        return [msgspec.json.encode({**template, "uid": uid,
+                                     "utoken": utoken_for(uid, SECRET.reveal())})
+                for uid in chunk]
+
+    async def append(chunk: list[str]) -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            await asyncio.gather(*(channel.default_exchange.publish(
+                aio_pika.Message(body), routing_key=CALLBACKS_LOG) for body in bodies(chunk)))
+
+    await append(uids[:2_100])
+    async with Worker(settings) as worker:
+        assert all(uid in worker.registry for uid in uids[:2_100])  # replayed before ready
+        await append(uids[2_100:])  # followed live
+        await until(lambda: all(uid in worker.registry for uid in uids))
