@@ -200,7 +200,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("LOVENSE_MAX_UIDS_PER_CALL", "max_uids_per_call", "50", "users",
             "most users comma-joined into one server call", _int_in(1, 1000)),
     Setting("LOVENSE_KEY_QUEUE", "key_queue", "16", "commands",
-            "stopPrevious 0 commands kept per (uid, toy) key; overflow drops the oldest",
+            "stopPrevious 0 commands, and separately PatternV2 and queries, kept per "
+            "(uid, toy) key; overflow drops the oldest",
             _int_in(1, 10_000)),
     Setting("LOVENSE_SERVER_RATE", "server_rate", "2", "calls/s",
             "per-uid rate of calls on the server route", _float_in(0.01, 10_000)),

@@ -51,7 +51,8 @@ log = structlog.get_logger("worker.runtime")
 RECENT_ROUTE_MS: Final = 60_000.0
 _UNSENT_WORDS: Final = {
     "expired": "not sent by its deadline",
-    "dropped": "dropped: more than LOVENSE_KEY_QUEUE stopPrevious 0 commands waited for its key",
+    "dropped": "dropped: LOVENSE_KEY_QUEUE newer commands of its kind (stopPrevious 0, or "
+               "PatternV2 and queries) wait for its uid and toys",
 }
 
 

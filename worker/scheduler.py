@@ -12,7 +12,9 @@ a call settles. One *job* is one user's share of one command message.
   jobs, and every key of the uid when its own key is ``*``; they finish
   ``superseded``. ``queue`` jobs (stopPrevious 0) keep their order in a bounded
   queue whose overflow drops the oldest (``dropped``). ``ordered`` jobs
-  (PatternV2, queries, shares of multi-user messages) are never merged away.
+  (PatternV2, queries, shares of multi-user messages) are never merged away;
+  single-user ones are bounded the same way, so a flood of them for one key
+  cannot hold the prefetch window (every waiting job is an unacked message).
 * **Rate limits.** A token bucket per (uid, route); a waiting key never delays
   another key.
 * **Stops.** Never rate-limited, replaced or expired. A Stop records a
@@ -41,6 +43,8 @@ Key = tuple[str, Toys]
 FinishStatus = Literal["superseded", "expired", "dropped"]
 
 _SWEEPABLE: Final = frozenset({"replace", "queue"})
+#: Classes kept in order in a queue of at most ``key_queue`` per key (oldest dropped).
+_BOUNDED: Final = frozenset({"queue", "ordered"})
 _SEEN_STOPS: Final = 100_000
 _HOUSEKEEPING_MS: Final = 10_000.0
 #: The deadline heap is rebuilt once it holds this many more entries than pending jobs.
@@ -177,8 +181,8 @@ class Scheduler:
                 finished += self._remove(key, job.ident, "superseded",
                                          lambda j: j.cls in _SWEEPABLE and not j.multi)
         state = self._state(job.key)
-        if job.cls == "queue":
-            queued = [j for j in state.pending if j.cls == "queue"]
+        if job.cls in _BOUNDED and not job.multi:
+            queued = [j for j in state.pending if j.cls == job.cls and not j.multi]
             if len(queued) >= self._limits.key_queue:
                 oldest = queued[0]
                 state.pending.remove(oldest)

@@ -89,6 +89,30 @@ def test_stop_previous_zero_queues_in_order_and_overflow_drops_oldest() -> None:
     assert ids(s.poll().send) == ["q2"]
 
 
+def test_ordered_jobs_are_bounded_per_key_too() -> None:
+    """A flood of PatternV2-like jobs for one key keeps only the newest key_queue waiting."""
+    s, _ = make(key_queue=2, lan=Limit(rate=1000, burst=1000))
+    s.submit(job("busy", cls="ordered", route="lan"))
+    s.poll()
+    s.submit(job("o1", cls="ordered", route="lan"))
+    s.submit(job("o2", cls="ordered", route="lan"))
+    assert fin(s.submit(job("o3", cls="ordered", route="lan"))) == [("o1", "dropped", "o3")]
+    # stopPrevious 0 jobs have a queue of their own: neither pushes the other out.
+    assert fin(s.submit(job("q1", cls="queue", route="lan"))) == []
+    s.settled(s._keys[("u", None)].inflight)  # type: ignore[arg-type]
+    assert ids(s.poll().send) == ["o2"]
+
+
+def test_multi_user_shares_are_not_bounded() -> None:
+    """Shares of multi-user messages are never dropped for a full key queue."""
+    s, _ = make(key_queue=1)
+    s.submit(job("busy"))
+    s.poll()
+    for n in range(3):
+        assert fin(s.submit(job(f"m{n}", cls="ordered", multi=True))) == []
+    assert s.pending == 3
+
+
 def test_replace_supersedes_queued_stop_previous_zero() -> None:
     """A stopPrevious 1 command replaces queued stopPrevious 0 ones."""
     s, _ = make()
