@@ -68,9 +68,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "`python -m bench.gcstats` and report its garbage collections")
     parser.add_argument("--rate", type=float, default=None,
                         help="flood: commands per second (default 1000)")
-    parser.add_argument("--repeat", type=int, default=1,
+    parser.add_argument("--repeat", type=int, default=None,
                         help="rounds of baseline-then-worker per delay, alternating; figures "
-                        "are the median round's (default 1)")
+                        "are the median round's (default: scheduler 3, others 1; 1 with "
+                        "--quick)")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra LOVENSE_* variable for the worker, e.g. "
                         "LOVENSE_BATCH_WINDOW_MS=0 (repeatable)")
@@ -98,7 +99,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if any(not sep or not name.startswith("LOVENSE_") for name, sep, _ in pairs):
         parser.error("--worker-env: give LOVENSE_NAME=VALUE")
     args.worker_env = tuple((name, value) for name, _, value in pairs)
-    if (args.commands is not None and args.commands < 1) or args.repeat < 1:
+    if (args.commands is not None and args.commands < 1) or (
+            args.repeat is not None and args.repeat < 1):
         parser.error("--commands and --repeat: at least 1")
     return args
 

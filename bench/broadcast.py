@@ -96,7 +96,7 @@ async def _round(opts: Options, sim_url: str, worker_name: str, watch: Any, user
 async def run(procs: Procs, opts: Options) -> Outcome:
     """Per delay: a simulator, a worker, ``rounds`` broadcast messages one after another."""
     users = opts.size(FULL, QUICK)
-    rounds_n = max(opts.repeat, ROUNDS)
+    rounds_n = max(opts.repeat or 1, ROUNDS)
     token = f"bench-{secrets.token_hex(8)}"
     delays = opts.delays_or(DELAYS)
     print(f"  one Function message for {users} uids (mode server), {rounds_n} rounds per "

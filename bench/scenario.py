@@ -23,7 +23,8 @@ class Options:
     timeout_s: float | None
     log_dir: Path
     profile: bool = False
-    repeat: int = 1
+    #: ``--repeat``: rounds per delay; None = the scenario's own.
+    repeat: int | None = None
     #: Extra LOVENSE_* variables for the worker (``--worker-env``), e.g. batching off.
     worker_env: tuple[tuple[str, str], ...] = ()
     quick: bool = False
@@ -35,6 +36,12 @@ class Options:
     def size(self, full: int, quick: int) -> int:
         """Return the scenario's main size: ``--commands``, else ``quick`` or ``full``."""
         return self.commands or (quick if self.quick else full)
+
+    def rounds_or(self, default: int) -> int:
+        """Return ``--repeat`` if given, else 1 with ``--quick``, else the scenario's own."""
+        if self.repeat is not None:
+            return self.repeat
+        return 1 if self.quick else default
 
     def delays_or(self, default: tuple[int, ...]) -> tuple[int, ...]:
         """Return ``--delays`` if given, else the scenario's own delays."""
