@@ -54,6 +54,28 @@ async def test_stop_previous_zero_overflow_is_dropped(
     assert server_actions(sim, "sched-user") == ["Vibrate:1", "Vibrate:3", "Vibrate:4"]
 
 
+async def test_ordered_commands_for_one_key_are_bounded_too(
+    sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
+) -> None:
+    """Queries waiting for one user beyond LOVENSE_KEY_QUEUE drop the oldest, in order."""
+    sim.set_faults(delay_ms=400)
+
+    def qr(ident: str) -> dict[str, object]:
+        return {"command": "GetQrCode", "uid": "sched-user", "uname": "Pat", "id": ident}
+
+    async with Worker(worker_settings(sim, key_queue=2)):
+        await producer.publish(qr("g0"))
+        await asyncio.sleep(0.15)
+        for n in (1, 2, 3):
+            await producer.publish(qr(f"g{n}"))
+        done = [await results.wait_for(f"g{n}") for n in range(4)]
+    assert [r.status for r in done] == ["ok", "dropped", "ok", "ok"]
+    assert done[1].supersededBy == "g3"
+    assert "PatternV2 and queries" in (done[1].message or "")
+    calls = [r for r in sim.requests if r.side == "server" and r.body.get("uid") == "sched-user"]
+    assert len(calls) == 3
+
+
 async def test_command_past_its_deadline_expires_unsent(
     sim: Simulator, worker: Worker, producer: Producer, results: ResultLog
 ) -> None:
