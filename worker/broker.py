@@ -33,7 +33,7 @@ from aio_pika.abc import (
 
 from worker import topology
 from worker.assignment import Assignment
-from worker.catchup import wait_caught_up
+from worker.catchup import Replay
 from worker.messages import Result, encoder
 from worker.metrics import Metrics
 from worker.results import Delivery, Handled, Lane
@@ -158,10 +158,9 @@ class Broker:
         self._stop_log_handler = on_stop
         self._replayed.clear()
 
-        taken = [0]
+        replay = Replay(STOP_LOG_PREFETCH)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            taken[0] += 1
             headers = message.headers or {}
             offset = headers.get("x-stream-offset")
             if isinstance(offset, int):
@@ -169,9 +168,7 @@ class Broker:
             ours = headers.get(topology.MARKER_HEADER) == self._marker
             if topology.MARKER_HEADER not in headers:
                 on_stop(_delivery(message, "stop"))
-            # A stream's acks only hand back credit: one per quarter window is enough.
-            if ours or taken[0] % (STOP_LOG_PREFETCH // 4) == 0:
-                await message.ack(multiple=True)
+            await replay.took(message, last=ours)
             if ours:
                 self._replayed.set()
 
@@ -183,7 +180,7 @@ class Broker:
             aio_pika.Message(b"", headers={topology.MARKER_HEADER: self._marker}),
             routing_key=topology.STOP_LOG,
         )
-        await wait_caught_up(self._replayed, lambda: taken[0], f"replaying {topology.STOP_LOG}")
+        await replay.wait(self._replayed, f"replaying {topology.STOP_LOG}")
         log.info("stop_log_replayed")
 
     async def consume(self, handle: HandleFn) -> None:

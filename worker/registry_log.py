@@ -39,7 +39,7 @@ from aio_pika.abc import (
 )
 
 from worker import topology
-from worker.catchup import wait_caught_up
+from worker.catchup import Replay
 from worker.pairing import FORGET_HEADER, Pairing
 
 log = structlog.get_logger("worker.registry_log")
@@ -55,6 +55,8 @@ _LOG_OFFSET = "x-lovense-log-offset"
 _AT = "x-lovense-snapshot-ms"
 #: Start-up looks for the newest snapshot this many intervals back before reading it all.
 SNAPSHOT_LOOKBACK_INTERVALS: Final = 2
+#: Snapshot chunks in flight while loading one (each up to SNAPSHOT_CHUNK users).
+SNAPSHOT_PREFETCH: Final = 4
 
 
 @dataclass(slots=True)
@@ -193,10 +195,7 @@ class RegistryLog:
         """Consume a stream from ``offset`` until a marker appended now comes back."""
         marker = uuid.uuid4().hex
         caught_up = asyncio.Event()
-        taken = [0]
-        # A stream's acks only hand back credit: one ack covering a quarter of the window
-        # keeps it flowing at a fraction of the frames (a stream loses nothing unacked).
-        ack_every = max(1, prefetch // 4)
+        replay = Replay(prefetch)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(stream, ensure=False)
@@ -204,22 +203,20 @@ class RegistryLog:
         async def handle(message: AbstractIncomingMessage) -> None:
             # Applied before any await: messages are applied in stream order.
             headers = message.headers or {}
-            taken[0] += 1
             ours = headers.get(topology.MARKER_HEADER) == marker
             if topology.MARKER_HEADER not in headers:
                 try:
                     on_message(message)
                 except Exception:  # noqa: BLE001 - one bad entry must not stop the follower
                     log.exception("stream_message_failed", stream=stream)
-            if ours or taken[0] % ack_every == 0:
-                await message.ack(multiple=True)
+            await replay.took(message, last=ours)
             if ours:
                 caught_up.set()
 
         tag = await queue.consume(handle, arguments={"x-stream-offset": offset})
         await self._publisher.default_exchange.publish(
             aio_pika.Message(b"", headers={topology.MARKER_HEADER: marker}), routing_key=stream)
-        await wait_caught_up(caught_up, lambda: taken[0], f"replaying {stream}")
+        await replay.wait(caught_up, f"replaying {stream}")
         return queue, tag
 
     async def _newest_snapshot(self) -> _Seen | None:
@@ -257,23 +254,22 @@ class RegistryLog:
         loaded = asyncio.Event()
         got: set[int] = set()
         channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=4)
+        await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)
         queue = await channel.get_queue(SNAPSHOTS, ensure=False)
         registry = self._pairing.registry
+        replay = Replay(SNAPSHOT_PREFETCH)
 
         async def take(message: AbstractIncomingMessage) -> None:
             h: dict[str, Any] = dict(message.headers or {})
-            await message.ack()
-            taken[0] += 1
+            await replay.took(message)
             if str(h.get(_SNAPSHOT)) == snapshot.ident and int(h[_CHUNK]) not in got:
                 registry.load(message.body)
                 got.add(int(h[_CHUNK]))
                 if len(got) == snapshot.chunks:
                     loaded.set()
 
-        taken = [0]
         tag = await queue.consume(take, arguments={"x-stream-offset": snapshot.first_offset})
-        await wait_caught_up(loaded, lambda: taken[0], f"loading snapshot {snapshot.ident}")
+        await replay.wait(loaded, f"loading snapshot {snapshot.ident}")
         await queue.cancel(tag)
         self._pairing.last_offset = snapshot.log_offset
 
