@@ -7,6 +7,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Final, Literal
 
@@ -49,12 +50,34 @@ RETRYABLE: Final = frozenset({500, 506})
 CONFIG_ERRORS: Final = frozenset({501, 502})
 
 
+#: How many characters of an undocumented code a message shows.
+_SHOWN_CHARS: Final = 12
+#: The metric label of every code a route does not document (labels stay few).
+OTHER: Final = "other"
+
+
+def _shown(code: int) -> str:
+    if -(10**13) < code < 10**13:
+        text = str(code)
+    else:
+        # str() refuses ints of over 4300 digits: drop all but the leading ones first.
+        n = abs(code)
+        n //= 10 ** max(0, int(n.bit_length() * math.log10(2)) - 13)
+        text = f"{'-' if code < 0 else ''}{n}"
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"
+
+
 def describe(code: int, route: Route) -> str:
     """Return what code means on route, in the Lovense docs' words."""
     meaning = MEANINGS[route].get(code)
     if meaning is None:
-        return f"Lovense answered with undocumented code {code}"
+        return f"Lovense answered with undocumented code {_shown(code)}"
     return meaning
+
+
+def label(code: int | None, route: Route) -> str:
+    """Return the metric label of code on route: itself if documented, else "other"."""
+    return str(code) if code is not None and code in MEANINGS[route] else OTHER
 
 
 def is_success(code: int, route: Route) -> bool:

@@ -23,7 +23,13 @@ from worker.breaker import Breakers
 from worker.config import Settings
 from worker.errors import InvalidCommand, MaybeDelivered, NotDelivered, UpstreamError
 from worker.lan import LanAddress, open_door
-from worker.lovense import SERVER_COMMAND_PATH, SERVER_QR_PATH, Reply
+from worker.lovense import (
+    MAX_REPLY_DEPTH,
+    SERVER_COMMAND_PATH,
+    SERVER_QR_PATH,
+    Reply,
+    too_deep,
+)
 from worker.messages import Command, GetQrCode, GetToys, LanTarget, Status, Via
 from worker.metrics import Metrics
 from worker.registry import Registry
@@ -102,10 +108,14 @@ def shape_data(cmd: Command, reply: Reply, now: datetime) -> Any:
     data = reply.data
     if isinstance(cmd, GetToys) and isinstance(data, dict) and isinstance(data.get("toys"), str):
         try:
-            data = {**data, "toys": _toys_decoder.decode(data["toys"])}
-        except msgspec.DecodeError:
+            toys = _toys_decoder.decode(data["toys"])
+        except (msgspec.DecodeError, ValueError, RecursionError):
             raise MaybeDelivered("Lovense Remote answered GetToys with a toys field that is "
                                  "not JSON") from None
+        if too_deep(toys, MAX_REPLY_DEPTH):
+            raise MaybeDelivered("Lovense Remote answered GetToys with a toys field nested "
+                                 "too deeply to read")
+        data = {**data, "toys": toys}
     if isinstance(cmd, GetQrCode) and isinstance(data, dict):
         expires = (now + QR_LIFETIME).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         data = {"qr": data.get("qr"), "code": data.get("code"), "expiresAt": expires}
@@ -206,7 +216,9 @@ class Dispatcher:
             self._metrics.child(self._metrics.upstream_seconds, route, command).observe(
                 time.perf_counter() - start
             )
-        self._metrics.child(self._metrics.upstream_requests, route, command, str(reply.code)).inc()
+        # Undocumented codes share one label: an upstream must not mint new series.
+        code = codes.label(reply.code, route)
+        self._metrics.child(self._metrics.upstream_requests, route, command, code).inc()
         if reply.code in codes.CONFIG_ERRORS and route == "server":
             self._metrics.child(self._metrics.config_errors, str(reply.code)).inc()
         return reply

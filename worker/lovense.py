@@ -14,15 +14,20 @@ a :data:`Sender` taking a :class:`Post`, which tests replace or wrap.
 Failures are translated here, once, into :class:`~worker.errors.NotDelivered`
 (provably never reached Lovense: refused, TLS failure, connect timeout) or
 :class:`~worker.errors.MaybeDelivered` (the request may have been received).
+An answer is data, whatever its bytes: it becomes a :class:`Reply` or a
+MaybeDelivered, never another exception, and only a short scrubbed
+:func:`excerpt` of it can reach a result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+import string
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import aiohttp
 import certifi
@@ -40,6 +45,23 @@ SERVER_QR_PATH: Final = "/api/lan/getQrCode"
 #: The overall deadline trails the connect timeout, so a connect that never
 #: completes is reported as such (NotDelivered) rather than as a bare timeout.
 _OVERALL_SLACK_S: Final = 0.05
+#: The most bytes read of one answer; GetToys, the largest, is a few KiB.
+MAX_REPLY_BYTES: Final = 1 << 20
+#: The deepest nesting kept (Lovense's answers are 3 deep): results must encode again.
+MAX_REPLY_DEPTH: Final = 32
+#: A code given as a string has at most this many ASCII digits.
+_CODE_DIGITS: Final = 6
+#: Integer codes beyond this magnitude are not codes Lovense could mean.
+_CODE_LIMIT: Final = 10**_CODE_DIGITS
+#: How much of a non-JSON answer is quoted, and of an ok answer's own message.
+_EXCERPT_CHARS: Final = 40
+_MESSAGE_CHARS: Final = 200
+#: How many bytes of a non-JSON answer are looked at to make its excerpt.
+_EXCERPT_WINDOW: Final = 1024
+#: Any long opaque run (tokens are such runs), and a shorter one after the word token.
+_OPAQUE_RUN: Final = re.compile(r"[A-Za-z0-9+/=_\-]{20,}")
+_AFTER_TOKEN: Final = re.compile(r"(?i)(token[\"'\s:=]{0,4})[A-Za-z0-9_\-]{16,}")
+_RUN_CHARS: Final = string.ascii_letters + string.digits + "+/=_-"
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -103,32 +125,107 @@ def classify(exc: BaseException) -> UpstreamError:
     return MaybeDelivered(f"connection failed after the request may have been sent: {text}")
 
 
+def excerpt(text: str, limit: int) -> str:
+    """Return text as at most limit printable chars, with anything token-like replaced by "…".
+
+    The developer token cannot be recognised here, so every run that could be a
+    secret goes: any opaque run of 20 or more, then a shorter one after the word token.
+    """
+    if len(text) > limit * 8:
+        text = _cut(text[: limit * 8])
+    text = "".join(c if c.isprintable() else " " if c.isspace() else "" for c in text)
+    text = _AFTER_TOKEN.sub(r"\1…", _OPAQUE_RUN.sub("…", text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _where(route: Route) -> str:
+    return "Lovense server" if route == "server" else "Lovense Remote app"
+
+
+def _cut(head: str) -> str:
+    """Return the head of a longer text without its last run: that may be a token's start."""
+    return head.rstrip(_RUN_CHARS)
+
+
+def _quote(content: bytes) -> str:
+    text = content[:_EXCERPT_WINDOW].decode("utf-8", "replace")
+    if len(content) > _EXCERPT_WINDOW:
+        text = _cut(text)
+    return excerpt(text, _EXCERPT_CHARS)
+
+
+def too_deep(value: object, limit: int) -> bool:
+    """Return whether decoded JSON nests deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children: Iterable[object] = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _decode_object(where: str, content: bytes) -> dict[str, Any]:
+    deep = MaybeDelivered(f"{where} answered JSON nested too deeply to read")
+    try:
+        body = _decode(content)
+    except RecursionError:
+        raise deep from None
+    except ValueError:  # msgspec.DecodeError, and any other way the bytes are not JSON
+        raise MaybeDelivered(
+            f"{where} answered with something that is not JSON: {_quote(content)!r}"
+        ) from None
+    if not isinstance(body, dict):
+        raise MaybeDelivered(f"{where} answered JSON that is not an object")
+    if too_deep(body, MAX_REPLY_DEPTH):
+        raise deep
+    return body
+
+
 def parse_reply(route: Route, status: int, content: bytes) -> Reply:
-    """Turn an HTTP answer from Lovense into a Reply, or raise MaybeDelivered."""
-    where = "Lovense server" if route == "server" else "Lovense Remote app"
+    """Turn an HTTP answer from Lovense into a Reply, or raise MaybeDelivered.
+
+    Nothing else escapes, whatever the bytes: a Stop's retry loop depends on it.
+    """
+    where = _where(route)
     if status >= 500:
         raise MaybeDelivered(f"{where} answered HTTP {status}")
     if status >= 400:
         return Reply(code=None, ok=False, message=f"{where} answered HTTP {status}")
-    try:
-        body = _decode(content)
-    except msgspec.DecodeError:
-        snippet = content[:80].decode("utf-8", "replace")
-        raise MaybeDelivered(
-            f"{where} answered with something that is not JSON: {snippet!r}"
-        ) from None
-    if not isinstance(body, dict):
-        raise MaybeDelivered(f"{where} answered JSON that is not an object")
+    body = _decode_object(where, content)
     code = body.get("code")
-    if isinstance(code, str) and code.isdigit():
+    if isinstance(code, str) and len(code) <= _CODE_DIGITS and code.isascii() and code.isdigit():
         code = int(code)
     if not isinstance(code, int) or isinstance(code, bool):
         raise MaybeDelivered(f"{where} answered without a numeric code")
+    if not -_CODE_LIMIT < code < _CODE_LIMIT:
+        return Reply(code=None, ok=False, message=codes.describe(code, route))
     ok = codes.is_success(code, route)
     message = body.get("message")
-    if not ok or not isinstance(message, str) or not message:
-        message = codes.describe(code, route)
-    return Reply(code=code, ok=ok, message=message, data=body.get("data"))
+    message = excerpt(message, _MESSAGE_CHARS) if ok and isinstance(message, str) else ""
+    return Reply(code=code, ok=ok, message=message or codes.describe(code, route),
+                 data=body.get("data"))
+
+
+class ByteStream(Protocol):
+    """What :func:`read_capped` reads: aiohttp's ``StreamReader`` or a fake."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def read_capped(stream: ByteStream, route: Route, limit: int = MAX_REPLY_BYTES) -> bytes:
+    """Read a body to its end, raising MaybeDelivered once more than limit bytes arrive."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(limit + 1 - size):
+        size += len(chunk)
+        if size > limit:
+            shown = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+            raise MaybeDelivered(f"{_where(route)} answered more than {shown}")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class AiohttpSender:
@@ -156,7 +253,11 @@ class AiohttpSender:
             post.url, data=post.body, headers=dict(post.headers), timeout=timeout,
             server_hostname=post.server_hostname, allow_redirects=False,
         ) as response:
-            return response.status, await response.read()
+            try:
+                return response.status, await read_capped(response.content, post.route)
+            except MaybeDelivered:
+                response.close()  # the rest of the body is never read: drop the connection
+                raise
 
     async def aclose(self) -> None:
         """Close the pools."""

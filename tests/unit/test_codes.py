@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from worker.codes import CONFIG_ERRORS, MEANINGS, RETRYABLE, Route, describe, is_success
+from worker.codes import (
+    CONFIG_ERRORS,
+    MEANINGS,
+    RETRYABLE,
+    Route,
+    describe,
+    is_success,
+    label,
+)
 
 DOCUMENTED: list[tuple[Route, int, str]] = [
     ("lan", 200, "OK"),
@@ -80,3 +88,35 @@ def test_config_errors_are_token_and_permission() -> None:
         "Invalid token",
         "You do not have permission to use this API",
     ]
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [
+        (123_456_789_012, "123456789012"),
+        (1_234_567_890_123, "123456789012…"),
+        (-123_456_789_012, "-12345678901…"),
+        (18_446_744_073_709_551_615, "184467440737…"),
+        (10**5000, "100000000000…"),
+    ],
+    ids=["12-digits", "13-digits", "negative", "uint64-max", "5001-digits"],
+)
+def test_describe_clips_a_long_undocumented_code(code: int, shown: str) -> None:
+    """An undocumented code is printed with at most 12 characters of it, then an ellipsis."""
+    assert describe(code, "lan") == f"Lovense answered with undocumented code {shown}"
+
+
+@pytest.mark.parametrize(("route", "code"), [(r, c) for r, t in MEANINGS.items() for c in t])
+def test_label_of_a_documented_code_is_the_code(route: Route, code: int) -> None:
+    """A code the route documents is its own metric label."""
+    assert label(code, route) == str(code)
+
+
+@pytest.mark.parametrize(
+    ("route", "code"),
+    [("lan", 0), ("lan", 507), ("server", 401), ("server", 12345), ("lan", -1),
+     ("server", 10**30), ("lan", None), ("server", None)],
+)
+def test_label_of_anything_else_is_other(route: Route, code: int | None) -> None:
+    """A code the route does not document, or none at all, is the one label "other"."""
+    assert label(code, route) == "other"

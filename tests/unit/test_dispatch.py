@@ -180,3 +180,31 @@ def test_stop_backoff_grows_with_jitter_and_a_cap() -> None:
     """Stop retries back off exponentially with jitter in [half, full] and a cap."""
     assert [stop_backoff_s(n, rand=lambda: 1.0) for n in (1, 2, 3, 10)] == [0.1, 0.2, 0.4, 2.0]
     assert stop_backoff_s(1, rand=lambda: 0.0) == 0.05
+
+
+def _code_labels(metrics: Metrics) -> dict[tuple[str, str, str], float]:
+    return {
+        (s.labels["route"], s.labels["command"], s.labels["code"]): s.value
+        for family in metrics.registry.collect()
+        if family.name == "lovense_worker_upstream_requests"
+        for s in family.samples if s.name.endswith("_total")
+    }
+
+
+async def test_undocumented_codes_share_the_label_other() -> None:
+    """Codes a route does not document, and no code at all, count under the one label "other"."""
+    answers: list[Reply | UpstreamError] = [
+        Reply(code=12345, ok=False, message="Lovense answered with undocumented code 12345"),
+        Reply(code=0, ok=False, message="Lovense answered with undocumented code 0"),
+        Reply(code=None, ok=False, message="Lovense Remote app answered HTTP 404"),
+        Reply(code=402, ok=False, message="Toy not connected"),
+    ]
+    metrics = Metrics()
+    dispatcher = Dispatcher(
+        Settings(developer_token=Secret("tok"),
+                 lan_allow=(ipaddress.ip_network("192.168.0.0/16"),)),
+        FakeUpstream(list(answers)), metrics, now=lambda: NOW)
+    for _ in answers:
+        await dispatcher.lan(_cmd('{"command":"GetToys","uid":"u"}'), ADDRESS)
+    assert _code_labels(metrics) == {("lan", "GetToys", "other"): 3.0,
+                                     ("lan", "GetToys", "402"): 1.0}
