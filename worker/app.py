@@ -79,7 +79,8 @@ class Worker:
                         "can name any allowed address for any uid")
         await self.broker.connect()
         self.registry_log = RegistryLog(self.broker.connection, self.pairing,
-                                        self.settings.lan_ttl_s, self.settings.snapshot_interval_s)
+                                        self.settings.lan_ttl_s, self.settings.snapshot_interval_s,
+                                        self.metrics)
         await self.registry_log.declare(self.broker.publisher)
         self.runtime.start()
         self.runtime.announce_stop = self.broker.announce_stop
@@ -88,7 +89,7 @@ class Worker:
         # hour and every paired user's endpoint is known.
         await self.broker.follow_stop_log(self.runtime.remote_stop)
         await self.registry_log.start(self.broker.publisher, self.broker.dead_letter)
-        await self.broker.consume(self.runtime.handle)
+        await self.broker.consume(self.runtime.handle, self.runtime.crashed)
         self.broker.supervise(self._resume)
         log.info(
             "worker_started", shards=self.settings.shards, api_base=self.settings.api_base,

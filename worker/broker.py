@@ -1,10 +1,17 @@
 """The broker shell: the only module of the worker that touches aio-pika.
 
 It declares the topology, consumes the command shards and the Stop lane, follows
-the Stop log, and decides in one place (:meth:`Broker._settle`) what happens to
+the Stop log, and decides in one place (:meth:`Broker._process`) what happens to
 each delivery: its result is published (to ``lovense.results`` and to
 ``reply_to``) with publisher confirms, a rejected message is republished to
 ``lovense.dead`` with ``x-lovense-error``, and only then is the delivery acked.
+
+Every delivery ends settled, whatever raises on the way: handling that crashes
+gives a ``failed`` result and a dead letter; a result that cannot be published
+as it is (an id too long for AMQP) is rebuilt in a form that can; and when even
+that fails the broker is asked to dead-letter the message (``reject`` without
+requeue). Only a lost channel leaves a delivery unsettled: RabbitMQ then hands
+it out again, and the memory of finished ids answers it without a second call.
 
 The Stop lane has its own connection, so a Stop never queues behind command
 frames on a busy socket.
@@ -16,9 +23,9 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import structlog
@@ -36,12 +43,16 @@ from worker.assignment import Assignment
 from worker.catchup import Replay
 from worker.messages import Result, encoder
 from worker.metrics import Metrics
-from worker.results import Delivery, Handled, Lane
+from worker.results import Delivery, Handled, Lane, publishable
+from worker.rules import id_fits
 
 log = structlog.get_logger("worker.broker")
 
 HandleFn = Callable[[Delivery], Awaitable[Handled]]
-StopLogFn = Callable[[Delivery], None]
+#: Answers a delivery whose handling raised: a ``failed`` result to publish and dead-letter.
+CrashFn = Callable[[Delivery, BaseException], Handled]
+#: Applies a Stop-log entry; False (or raising) when it cannot be applied (it is skipped).
+StopLogFn = Callable[[Delivery], bool]
 STOP_LANE_PREFETCH = 64
 STOP_LOG_PREFETCH = 1000
 PRESENCE_INTERVAL_S = 1.0
@@ -79,6 +90,31 @@ async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractEx
         # A consistent-hash binding key is the shard's weight.
         await queue.bind(commands, routing_key="1")
     return {"commands": commands, "dead": dead, "results": results}
+
+
+_FLOAT_MAX: Final = 3.4e38
+
+
+def wire_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return a delivery's headers in a form that can be published again.
+
+    pamqp decodes a long string that is not UTF-8 as ``bytes``, which it cannot
+    encode back: such values travel on as byte arrays. It encodes every float in
+    single precision: a double beyond that range travels on as its text.
+    """
+    return {key: _wire_value(value) for key, value in (headers or {}).items()}
+
+
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, float) and not abs(value) <= _FLOAT_MAX:
+        return repr(value)
+    if isinstance(value, dict):
+        return wire_headers(value)
+    if isinstance(value, list | tuple):
+        return [_wire_value(item) for item in value]
+    return value
 
 
 def _delivery(message: AbstractIncomingMessage, lane: Lane) -> Delivery:
@@ -119,6 +155,7 @@ class Broker:
         self._dead: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._handle: HandleFn | None = None
+        self._crashed: CrashFn | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._marker = uuid.uuid4().hex
         self._replayed = asyncio.Event()
@@ -167,7 +204,7 @@ class Broker:
                 self._stop_log_offset = offset
             ours = headers.get(topology.MARKER_HEADER) == self._marker
             if topology.MARKER_HEADER not in headers:
-                on_stop(_delivery(message, "stop"))
+                self._apply_stop_log_entry(on_stop, message)
             await replay.took(message, last=ours)
             if ours:
                 self._replayed.set()
@@ -183,10 +220,20 @@ class Broker:
         await replay.wait(self._replayed, f"replaying {topology.STOP_LOG}")
         log.info("stop_log_replayed")
 
-    async def consume(self, handle: HandleFn) -> None:
+    def _apply_stop_log_entry(self, on_stop: StopLogFn, message: AbstractIncomingMessage) -> None:
+        """Apply one Stop-log entry; one that cannot be applied is counted and skipped."""
+        try:
+            applied = on_stop(_delivery(message, "stop"))
+        except Exception:  # noqa: BLE001 - a follower skips what it cannot apply, never stalls
+            log.exception("stop_log_entry_failed")
+            applied = False
+        if not applied:
+            self._metrics.child(self._metrics.stream_skipped, topology.STOP_LOG).inc()
+
+    async def consume(self, handle: HandleFn, crashed: CrashFn) -> None:
         """Consume the Stop lane and every shard queue, one channel and prefetch window each."""
         assert self._connection is not None and self._stop_connection is not None
-        self._handle = handle
+        self._handle, self._crashed = handle, crashed
         stop_channel = await self._stop_connection.channel()
         await stop_channel.set_qos(prefetch_count=STOP_LANE_PREFETCH)
         stop_queue = await stop_channel.get_queue(topology.STOP_QUEUE, ensure=False)
@@ -248,7 +295,7 @@ class Broker:
         """Append a Stop that arrived on lovense.commands to the Stop log for every replica."""
         assert self._publisher is not None
         await self._publisher.default_exchange.publish(
-            aio_pika.Message(delivery.body, headers=dict(delivery.headers or {}),
+            aio_pika.Message(delivery.body, headers=wire_headers(delivery.headers),
                              message_id=delivery.message_id,
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key=topology.STOP_LOG,
@@ -324,9 +371,10 @@ class Broker:
         self._lost.clear()
         await self.connect()
         assert self._stop_log_handler is not None and self._handle is not None
+        assert self._crashed is not None
         await self.follow_stop_log(self._stop_log_handler)
         await resume()
-        await self.consume(self._handle)
+        await self.consume(self._handle, self._crashed)
         if self._lost.is_set():
             raise ConnectionError("lost again while reconnecting")
 
@@ -337,28 +385,63 @@ class Broker:
         await self._process(message, "stop")
 
     async def _process(self, message: AbstractIncomingMessage, lane: Lane) -> None:
+        """Carry one delivery to its settlement: the one place that decides it."""
         task = asyncio.current_task()
-        assert task is not None and self._handle is not None
+        assert task is not None and self._handle is not None and self._crashed is not None
         self._inflight.add(task)
         self._metrics.inflight.inc()
         try:
-            handled = await self._handle(_delivery(message, lane))
+            delivery = _delivery(message, lane)
+            try:
+                handled = await self._handle(delivery)
+            except Exception as exc:
+                if self._gone(message):
+                    raise
+                log.error("delivery_crashed", error=repr(exc), exc_info=exc)
+                self._metrics.child(self._metrics.settle_fallbacks, "crashed").inc()
+                handled = self._crashed(delivery, exc)
             await self._settle(message, handled)
-        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            # The channel went away: the message comes back after the reconnect and is
-            # answered from the memory of finished ids, without a second call.
-            log.info("delivery_abandoned", error=repr(exc))
+        except Exception as exc:
+            if self._gone(message):
+                # The channel went away: the message comes back after the reconnect and is
+                # answered from the memory of finished ids, without a second call.
+                log.info("delivery_abandoned", error=repr(exc))
+            else:
+                await self._reject(message, exc)
         finally:
             self._metrics.inflight.dec()
             self._inflight.discard(task)
             structlog.contextvars.clear_contextvars()
 
+    def _gone(self, message: AbstractIncomingMessage) -> bool:
+        """Return whether the delivery's channel or connection is lost (it cannot be settled)."""
+        channel = getattr(message, "channel", None)
+        return self._lost.is_set() or bool(getattr(channel, "is_closed", False))
+
     async def _settle(self, message: AbstractIncomingMessage, handled: Handled) -> None:
-        """Publish the result, dead-letter if asked, then ack: the one ack decision."""
-        await self.publish_result(handled.result, message.reply_to, message.correlation_id)
+        """Publish the result, dead-letter if asked, then ack."""
+        try:
+            await self.publish_result(handled.result, message.reply_to, message.correlation_id)
+        except Exception as exc:
+            if self._gone(message):
+                raise
+            # Never a second call for this identity: a result that can be published instead.
+            log.error("result_unpublishable", error=repr(exc))
+            self._metrics.child(self._metrics.settle_fallbacks, "result_rebuilt").inc()
+            await self.publish_result(publishable(handled.result, exc), message.reply_to,
+                                      message.correlation_id)
         if handled.dead_letter is not None:
             await self.dead_letter(message, handled.dead_letter, "invalid")
         await message.ack()
+
+    async def _reject(self, message: AbstractIncomingMessage, error: Exception) -> None:
+        """Last resort: let RabbitMQ dead-letter the message (its queue's dead-letter exchange)."""
+        log.error("delivery_rejected", error=repr(error), exc_info=error)
+        self._metrics.child(self._metrics.settle_fallbacks, "rejected").inc()
+        try:
+            await message.reject(requeue=False)
+        except Exception as exc:  # noqa: BLE001 - the channel went too; RabbitMQ redelivers
+            log.warning("delivery_reject_failed", error=repr(exc))
 
     async def publish_result(
         self, result: Result, reply_to: str | None, correlation_id: str | None
@@ -370,7 +453,8 @@ class Broker:
             body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=result.id,
+            # AMQP's message_id is a short string: a longer id travels in the body only.
+            message_id=result.id if id_fits(result.id) else None,
             correlation_id=correlation_id,
         )
         published = self._results.publish(outgoing, routing_key=result.routing_key,
@@ -396,7 +480,7 @@ class Broker:
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, kind: str) -> None:
         """Republish a message to lovense.dead with why, in ``x-lovense-error``."""
         assert self._dead is not None
-        headers = dict(message.headers or {})
+        headers = wire_headers(message.headers)
         headers[topology.ERROR_HEADER] = reason[:1024]
         headers[topology.ORIGIN_EXCHANGE_HEADER] = message.exchange or ""
         headers[topology.ORIGIN_ROUTING_KEY_HEADER] = message.routing_key or ""

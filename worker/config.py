@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from worker.errors import ConfigError
+from worker.rules import Caps
 
 
 class Secret:
@@ -253,6 +254,25 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "hostname (a StatefulSet pod's ordinal), else 0", _ordinal),
     Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
             "most open HTTP connections per route", _int_in(1, 100_000)),
+    Setting("LOVENSE_MAX_TOYS", "max_toys", "32", "toy ids",
+            "most toy ids one command may name (a Stop naming more stops every toy of its "
+            "users)", _int_in(1, 1024)),
+    Setting("LOVENSE_MAX_UIDS", "max_uids", "10000", "users",
+            "most users one message may name (a Stop naming more is carried out for all)",
+            _int_in(1, 100_000)),
+    Setting("LOVENSE_MAX_ACTION_LENGTH", "max_action_length", "256", "characters",
+            "longest Function action", _int_in(16, 65_536)),
+    Setting("LOVENSE_MAX_RULE_LENGTH", "max_rule_length", "64", "characters",
+            "longest Pattern rule", _int_in(16, 4096)),
+    Setting("LOVENSE_MAX_STRENGTH_LENGTH", "max_strength_length", "256", "characters",
+            "longest Pattern strength", _int_in(16, 65_536)),
+    Setting("LOVENSE_RECENT_BYTES", "recent_bytes", "67108864", "bytes",
+            "memory budget of the finished command ids (LOVENSE_RECENT_IDS); over it the "
+            "oldest go first", _int_in(0, 2**40)),
+    Setting("LOVENSE_WATERMARK_BYTES", "watermark_bytes", "33554432", "bytes",
+            "memory budget of the Stop watermarks; over it a user's per-toy marks merge into "
+            "one mark for every toy (none younger than the Stop log's hour is dropped)",
+            _int_in(1 << 20, 2**40)),
 )
 
 
@@ -305,6 +325,13 @@ class Settings:
     replicas: int = 1
     replica: int = 0
     http_connections: int = 512
+    max_toys: int = 32
+    max_uids: int = 10_000
+    max_action_length: int = 256
+    max_rule_length: int = 64
+    max_strength_length: int = 256
+    recent_bytes: int = 64 * 1024 * 1024
+    watermark_bytes: int = 32 * 1024 * 1024
 
     def __repr__(self) -> str:
         # The AMQP URL may carry a password; the token is a Secret already.
@@ -352,6 +379,12 @@ class Settings:
                 f"LOVENSE_REPLICA: ordinal {values['replica']} is not below LOVENSE_REPLICAS "
                 f"({values['replicas']})")
         return cls(developer_token=Secret(token), **values)
+
+    @property
+    def caps(self) -> Caps:
+        """Return the size caps on what producers send."""
+        return Caps(toys=self.max_toys, uids=self.max_uids, action=self.max_action_length,
+                    rule=self.max_rule_length, strength=self.max_strength_length)
 
     @property
     def lan_enabled(self) -> bool:

@@ -2,19 +2,28 @@
 
 Decoding is done once by the typed decoder in :mod:`worker.messages`; msgspec's
 own error texts are rewritten here into ``"<field>: <what is wrong>"`` so every
-``invalid`` result names what to fix.
+``invalid`` result names what to fix. Whatever the bytes (nesting bombs, invalid
+UTF-8, a megabyte of padding), the only exception that leaves :func:`admit` is
+:class:`~worker.errors.InvalidCommand`.
+
+A Stop is never refused for a size cap or for its id: :func:`admit` carries it
+out for every toy of its users, under an id of the worker's, and says so in
+:attr:`Admitted.notes`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
 from worker import rules
 from worker.errors import InvalidCommand
-from worker.messages import COMMAND_NAMES, Command, command_decoder
+from worker.messages import COMMAND_NAMES, Command, command_decoder, encoder
+from worker.rules import DEFAULT_CAPS, MAX_ID_BYTES, Caps
 
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 _COMMANDS_LISTED: Final = ", ".join(sorted(COMMAND_NAMES))
@@ -59,12 +68,26 @@ def _explain(exc: msgspec.ValidationError) -> str:
     return f"{_field_path(path)}: {what[0].lower()}{what[1:]}"
 
 
-def decode(body: bytes) -> Command:
-    """Decode and validate one command message, raising InvalidCommand on any problem."""
+#: What an id longer than an AMQP short string is told.
+ID_TOO_LONG: Final = f"id: longer than {MAX_ID_BYTES} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A command the worker takes, with what it had to change to take it (Stops only)."""
+
+    cmd: Command
+    #: The producer's id, when it is too long to travel as the worker's own (Stops only).
+    long_id: str | None = None
+    #: Sentences for the result's message: what was carried out differently, and why.
+    notes: tuple[str, ...] = ()
+
+
+def _decode(body: bytes) -> Command:
     if len(body) > MAX_MESSAGE_BYTES:
         raise InvalidCommand(f"message: larger than {MAX_MESSAGE_BYTES} bytes ({len(body)})")
     try:
-        command = command_decoder.decode(body)
+        return command_decoder.decode(body)
     except msgspec.ValidationError as exc:
         if body.lstrip()[:1] != b"{":
             raise InvalidCommand("message: must be a JSON object") from None
@@ -73,8 +96,40 @@ def decode(body: bytes) -> Command:
         raise InvalidCommand(f"message: not valid JSON ({exc})") from None
     except UnicodeDecodeError:
         raise InvalidCommand("message: a string is not valid UTF-8") from None
-    rules.validate(command)
-    return command
+    except RecursionError:
+        raise InvalidCommand("message: nested too deeply to be a command") from None
+
+
+def admit(body: bytes, caps: Caps = DEFAULT_CAPS) -> Admitted:
+    """Decode and validate one command message, raising InvalidCommand on any problem."""
+    command = _decode(body)
+    notes: list[str] = []
+    long_id = None
+    if rules.is_stop(command):
+        command, notes = rules.stop_relief(command, caps)
+        if command.id is not None and not rules.id_fits(command.id):
+            long_id = command.id
+            command = msgspec.structs.replace(command, id=stop_ident(body))
+            notes.append(f"{ID_TOO_LONG}: carried out as {command.id}")
+    elif command.id is not None and not rules.id_fits(command.id):
+        raise InvalidCommand(ID_TOO_LONG)
+    rules.validate(command, caps)
+    return Admitted(command, long_id, tuple(notes))
+
+
+def decode(body: bytes, caps: Caps = DEFAULT_CAPS) -> Command:
+    """Decode and validate one command message (see :func:`admit`), returning the command."""
+    return admit(body, caps).cmd
+
+
+def stop_ident(body: bytes) -> str:
+    """Return the id a Stop without a usable one goes by: the same on every replica."""
+    return "stop-" + hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def digest(cmd: Command) -> bytes:
+    """Return a digest of a decoded command: the same for a retry serialised differently."""
+    return hashlib.blake2b(encoder.encode(cmd), digest_size=16).digest()
 
 
 def peek(body: bytes) -> tuple[str, list[str], str | None]:
@@ -86,7 +141,7 @@ def peek(body: bytes) -> tuple[str, list[str], str | None]:
     """
     try:
         raw = _peek_decoder.decode(body) if len(body) <= MAX_MESSAGE_BYTES else None
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError):
         raw = None
     if not isinstance(raw, dict):
         return "unknown", [], None

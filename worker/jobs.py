@@ -10,13 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker import topology
-from worker.messages import Command, Function, Stop
+from worker.messages import Command, Function
+from worker.rules import is_stop
 from worker.scheduler import Job, JobClass
-
-
-def is_stop(cmd: Command) -> bool:
-    """Return whether a command is a Stop (the shorthand, or Function with action Stop)."""
-    return isinstance(cmd, Stop) or (isinstance(cmd, Function) and cmd.action.strip() == "Stop")
 
 
 def job_class(cmd: Command) -> JobClass:
@@ -31,7 +27,12 @@ def job_class(cmd: Command) -> JobClass:
 
 
 def published_ms(headers: Mapping[str, Any] | None) -> float | None:
-    """Return the producer's publish time from ``x-lovense-published-ms``, if usable."""
+    """Return the producer's publish time from ``x-lovense-published-ms``, if usable.
+
+    Callers clamp it to the time the worker received the message: a command cannot
+    have been published after it arrived, and a stamp from the future would let it
+    slip past every Stop published before that future moment.
+    """
     raw = (headers or {}).get(topology.PUBLISHED_MS_HEADER)
     if isinstance(raw, bytes):
         raw = raw.decode("ascii", "replace")
@@ -39,7 +40,7 @@ def published_ms(headers: Mapping[str, Any] | None) -> float | None:
         value = float(raw) if raw is not None and not isinstance(raw, bool) else None
     except (TypeError, ValueError):
         return None
-    return value if value is not None and value > 0 else None
+    return value if value is not None and 0 < value < float("inf") else None
 
 
 def delivery_count(headers: Mapping[str, Any] | None) -> int:
@@ -54,10 +55,12 @@ def epoch_ms() -> float:
 
 
 def toys_of(cmd: Command) -> tuple[str, ...] | None:
+    """Return a command's toy ids, sorted and distinct, or None for every toy (once a message)."""
     if cmd.toy is None:
         return None
     return tuple(sorted({cmd.toy} if isinstance(cmd.toy, str) else set(cmd.toy)))
 
 
 def toy_list(job: Job) -> list[str] | None:
+    """Return a job's toy ids as the list a Lovense body takes."""
     return list(job.toys) if job.toys is not None else None

@@ -27,7 +27,10 @@ LAN_ONLY_COMMANDS: Final = frozenset({"PatternV2", "Position", "GetToys", "GetTo
 SERVER_ONLY_COMMANDS: Final = frozenset({"GetQrCode"})
 
 NonEmptyStr = Annotated[str, Meta(min_length=1, max_length=256)]
-ToyId = Annotated[str, Meta(min_length=1, max_length=64)]
+#: Toy ids and command ids are bounded by the worker's caps after decoding, not here:
+#: a Stop is never refused for a size (see :func:`worker.rules.stop_relief`).
+ToyId = Annotated[str, Meta(min_length=1)]
+CommandId = Annotated[str, Meta(min_length=1)]
 
 
 class LanTarget(Struct, forbid_unknown_fields=True, frozen=True):
@@ -51,7 +54,7 @@ class _Command(
     toy: ToyId | list[ToyId] | None = None
     mode: Mode = "auto"
     lan: LanTarget | None = None
-    id: NonEmptyStr | None = None
+    id: CommandId | None = None
     ttlMs: int | None = None
 
     #: The fields of this command that go to Lovense unchanged (besides
@@ -74,7 +77,7 @@ class _Command(
 class Function(_Command, tag="Function"):
     """Run toy functions: action like "Vibrate:16" or "Stroke:0-20,Thrusting:10" or "Stop"."""
 
-    action: Annotated[str, Meta(max_length=512)]
+    action: str
     timeSec: float | None = None
     loopRunningSec: float | None = None
     loopPauseSec: float | None = None
@@ -91,8 +94,8 @@ class Stop(_Command, tag="Stop"):
 class Pattern(_Command, tag="Pattern"):
     """Play a pattern: rule "V:1;F:v,r;S:1000#" and up to 50 strengths 0–20 like "20;5;10"."""
 
-    rule: Annotated[str, Meta(max_length=64)]
-    strength: Annotated[str, Meta(max_length=256)]
+    rule: str
+    strength: str
     timeSec: float | None = None
     apiVer: Literal[2] = 2
 

@@ -110,6 +110,17 @@ class Metrics:
             "Retries of a call Lovense may already have received (safe: same state again).",
             ["route"], registry=r,
         )
+        self.stream_skipped = Counter(
+            "lovense_worker_stream_skipped",
+            "Stream entries a follower could not apply and skipped, by stream.",
+            ["stream"], registry=r,
+        )
+        self.settle_fallbacks = Counter(
+            "lovense_worker_settle_fallbacks",
+            "Deliveries settled the hard way: handling crashed, the result had to be rebuilt "
+            "to be publishable, or the broker dead-lettered it (reject).",
+            ["kind"], registry=r,
+        )
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )

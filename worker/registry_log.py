@@ -40,6 +40,7 @@ from aio_pika.abc import (
 
 from worker import topology
 from worker.catchup import Replay
+from worker.metrics import Metrics
 from worker.pairing import FORGET_HEADER, Pairing
 
 log = structlog.get_logger("worker.registry_log")
@@ -85,8 +86,9 @@ class RegistryLog:
     """Keep a registry from the callback log and snapshots; validate; write snapshots."""
 
     def __init__(self, connection: AbstractConnection, pairing: Pairing, ttl_s: int,
-                 snapshot_interval_s: int) -> None:
+                 snapshot_interval_s: int, metrics: Metrics | None = None) -> None:
         self._connection = connection
+        self._metrics = metrics or Metrics()
         self._pairing = pairing
         self._ttl_s = ttl_s
         self._interval = snapshot_interval_s
@@ -147,15 +149,22 @@ class RegistryLog:
         queue = await channel.get_queue(CALLBACKS_QUEUE, ensure=False)
 
         async def validate(message: AbstractIncomingMessage) -> None:
-            if FORGET_HEADER not in (message.headers or {}):
-                try:
-                    reason = self._pairing.check(message.body)
-                except Exception as exc:  # noqa: BLE001 - refuse, never stall the queue
-                    log.exception("callback_check_failed")
-                    reason = f"internal error: {exc!r}"
-                if reason is not None:
-                    await dead_letter(message, f"callback refused: {reason}", "callback")
-            await message.ack()
+            try:
+                if FORGET_HEADER not in (message.headers or {}):
+                    try:
+                        reason = self._pairing.check(message.body)
+                    except Exception as exc:  # noqa: BLE001 - refuse, never stall the queue
+                        log.exception("callback_check_failed")
+                        reason = f"internal error: {type(exc).__name__}"
+                    if reason is not None:
+                        await dead_letter(message, f"callback refused: {reason}", "callback")
+                await message.ack()
+            except Exception as exc:  # noqa: BLE001 - settle it somehow, or leave it to a redelivery
+                if not message.channel.is_closed:
+                    log.exception("callback_rejected")
+                    await message.reject(requeue=False)  # the queue's dead-letter exchange
+                else:
+                    log.info("callback_abandoned", error=repr(exc))
 
         await queue.consume(validate)
         await self._watch_snapshots()
@@ -209,6 +218,7 @@ class RegistryLog:
                     on_message(message)
                 except Exception:  # noqa: BLE001 - one bad entry must not stop the follower
                     log.exception("stream_message_failed", stream=stream)
+                    self._metrics.child(self._metrics.stream_skipped, stream).inc()
             await replay.took(message, last=ours)
             if ours:
                 caught_up.set()
@@ -262,9 +272,16 @@ class RegistryLog:
         async def take(message: AbstractIncomingMessage) -> None:
             h: dict[str, Any] = dict(message.headers or {})
             await replay.took(message)
-            if str(h.get(_SNAPSHOT)) == snapshot.ident and int(h[_CHUNK]) not in got:
-                registry.load(message.body)
-                got.add(int(h[_CHUNK]))
+            chunk = h.get(_CHUNK)
+            if str(h.get(_SNAPSHOT)) != snapshot.ident or not isinstance(chunk, int):
+                return
+            if chunk not in got:
+                try:
+                    registry.load(message.body)
+                except Exception:  # noqa: BLE001 - a broken chunk: the log replay still follows
+                    log.exception("snapshot_chunk_failed", snapshot=snapshot.ident)
+                    self._metrics.child(self._metrics.stream_skipped, SNAPSHOTS).inc()
+                got.add(chunk)
                 if len(got) == snapshot.chunks:
                     loaded.set()
 

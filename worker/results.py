@@ -82,6 +82,21 @@ def fold(ends: list[ShareEnd], calls: int) -> tuple[Outcome, str | None]:
     ), by
 
 
+def publishable(result: Result, error: BaseException) -> Result:
+    """Return a result that can be published when ``result`` itself could not be.
+
+    It keeps what identifies the command and its status, and says why the rest is gone.
+    """
+    return Result(
+        id=result.id, command=result.command, uids=[], status=result.status, via=result.via,
+        code=result.code, attempts=result.attempts, fallback=result.fallback,
+        redelivered=result.redelivered, supersededBy=result.supersededBy,
+        receivedAt=result.receivedAt, completedAt=result.completedAt,
+        message=f"{result.message[:512]} (the full result could not be published: "
+                f"{type(error).__name__})",
+    )
+
+
 def make_result(
     ident: str, command: str, uids: list[str], outcome: Outcome, *, superseded_by: str | None,
     redelivered: bool, received: datetime, completed: datetime,

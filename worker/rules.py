@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, assert_never
 
+import msgspec
+
 from worker.errors import InvalidCommand
 from worker.messages import (
     LAN_ONLY_COMMANDS,
@@ -67,7 +69,10 @@ PATTERN_V2_MIN_TIME_MS: Final = 100
 POSITION_MAX: Final = 100
 
 PRESETS: Final = ("pulse", "wave", "fireworks", "earthquake")
-MAX_UIDS: Final = 10_000
+#: An id travels as AMQP's ``message_id``, a short string: 255 bytes at most.
+MAX_ID_BYTES: Final = 255
+#: A toy id is at most this long (Lovense's are 12 hex digits).
+MAX_TOY_ID_LENGTH: Final = 64
 #: The longest a command may wait; Stop watermarks are kept this long.
 MAX_TTL_MS: Final = 3_600_000
 MAX_PORT: Final = 65_535
@@ -81,6 +86,24 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
+class Caps:
+    """The sizes a producer controls, each capped (``LOVENSE_MAX_*``; the README lists them).
+
+    Every command over a cap is ``invalid``, except a Stop: :func:`stop_relief`
+    turns an oversized Stop into one the worker can carry out.
+    """
+
+    toys: int = 32
+    uids: int = 10_000
+    action: int = 256
+    rule: int = 64
+    strength: int = 256
+
+
+DEFAULT_CAPS: Final = Caps()
+
+
+@dataclass(frozen=True, slots=True)
 class PatternRule:
     """A parsed Pattern ``rule``: the features it drives and the step interval."""
 
@@ -88,15 +111,49 @@ class PatternRule:
     interval_ms: int
 
 
-def validate(cmd: Command) -> None:
+def is_stop(cmd: Command) -> bool:
+    """Return whether a command is a Stop (the shorthand, or Function with action Stop)."""
+    return isinstance(cmd, Stop) or (isinstance(cmd, Function) and cmd.action.strip() == "Stop")
+
+
+def id_fits(ident: str) -> bool:
+    """Return whether an id fits everywhere it travels (an AMQP short string: 255 bytes)."""
+    # Four bytes a character at most: short ids need no encoding (msgspec refuses lone
+    # surrogates, so every decoded string encodes).
+    return len(ident) <= MAX_ID_BYTES // 4 or len(ident.encode()) <= MAX_ID_BYTES
+
+
+def stop_relief(cmd: Command, caps: Caps = DEFAULT_CAPS) -> tuple[Command, list[str]]:
+    """Return a Stop the worker can carry out whatever its sizes, and what was changed.
+
+    A Stop is never refused for a size cap: too many or too long toy ids make it a
+    Stop for every toy of its users; too many users are all stopped anyway.
+    """
+    notes: list[str] = []
+    toys = [cmd.toy] if isinstance(cmd.toy, str) else cmd.toy
+    if toys is not None and (len(toys) > caps.toys
+                             or any(len(t) > MAX_TOY_ID_LENGTH for t in toys)):
+        notes.append(f"toy: over LOVENSE_MAX_TOYS ({caps.toys} ids of at most "
+                     f"{MAX_TOY_ID_LENGTH} characters), so every toy of its users was stopped")
+        cmd = msgspec.structs.replace(cmd, toy=None)
+    if cmd.uids is not None and len(cmd.uids) > caps.uids:
+        notes.append(f"uids: {len(cmd.uids):,} users is over LOVENSE_MAX_UIDS ({caps.uids:,}); "
+                     "a Stop is carried out for all of them")
+    return cmd, notes
+
+
+def validate(cmd: Command, caps: Caps = DEFAULT_CAPS) -> None:
     """Raise InvalidCommand naming the field and the rule when cmd breaks a documented rule."""
-    _check_targets(cmd)
+    _check_targets(cmd, caps)
     _check_lan(cmd)
-    _check_toy(cmd)
+    _check_toy(cmd, caps)
     match cmd:
         case Function():
+            _check_length("action", cmd.action, caps.action, "LOVENSE_MAX_ACTION_LENGTH")
             _check_function(cmd)
         case Pattern():
+            _check_length("rule", cmd.rule, caps.rule, "LOVENSE_MAX_RULE_LENGTH")
+            _check_length("strength", cmd.strength, caps.strength, "LOVENSE_MAX_STRENGTH_LENGTH")
             parse_rule(cmd.rule)
             parse_strength(cmd.strength)
             _check_time_sec(cmd.timeSec, required=True)
@@ -272,7 +329,12 @@ def _route_problem(cmd: Command, route: Route) -> str | None:
     return None
 
 
-def _check_targets(cmd: Command) -> None:
+def _check_length(field: str, value: str, cap: int, setting: str) -> None:
+    if len(value) > cap:
+        raise InvalidCommand(f"{field}: at most {cap} characters ({setting}), got {len(value):,}")
+
+
+def _check_targets(cmd: Command, caps: Caps) -> None:
     """Check that cmd names its users with exactly one of uid or uids, each usable."""
     if (cmd.uid is None) == (cmd.uids is None):
         raise InvalidCommand("uid: give exactly one of uid or uids")
@@ -282,8 +344,9 @@ def _check_targets(cmd: Command) -> None:
     uids = cmd.uids or []
     if not uids:
         raise InvalidCommand("uids: must list at least one user id")
-    if len(uids) > MAX_UIDS:
-        raise InvalidCommand(f"uids: at most {MAX_UIDS:,} user ids, got {len(uids):,}")
+    if len(uids) > caps.uids and not is_stop(cmd):
+        raise InvalidCommand(
+            f"uids: at most {caps.uids:,} user ids (LOVENSE_MAX_UIDS), got {len(uids):,}")
     seen: set[str] = set()
     for index, uid in enumerate(uids):
         _check_uid(f"uids[{index}]", uid)
@@ -318,10 +381,21 @@ def _check_lan(cmd: Command) -> None:
         raise InvalidCommand(f"lan.httpsPort: must be 1–{MAX_PORT}, got {cmd.lan.httpsPort}")
 
 
-def _check_toy(cmd: Command) -> None:
-    """Check that a toy list, when given, names at least one toy."""
-    if isinstance(cmd.toy, list) and not cmd.toy:
+def _check_toy(cmd: Command, caps: Caps) -> None:
+    """Check that a toy list, when given, names 1 to ``caps.toys`` toys of sane length."""
+    toys = [cmd.toy] if isinstance(cmd.toy, str) else cmd.toy
+    if toys is None:
+        return
+    if not toys:
         raise InvalidCommand("toy: give at least one toy id, or leave toy out for all toys")
+    if len(toys) > caps.toys:
+        raise InvalidCommand(
+            f"toy: at most {caps.toys} toy ids per command (LOVENSE_MAX_TOYS), got {len(toys):,}")
+    for index, toy in enumerate(toys):
+        if len(toy) > MAX_TOY_ID_LENGTH:
+            where = "toy" if isinstance(cmd.toy, str) else f"toy[{index}]"
+            raise InvalidCommand(
+                f"{where}: a toy id is at most {MAX_TOY_ID_LENGTH} characters, got {len(toy):,}")
 
 
 def _check_function(cmd: Function) -> None:

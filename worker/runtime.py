@@ -14,6 +14,7 @@ or expired, they cancel what is pending and wait for calls in flight.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -32,7 +33,6 @@ from worker.errors import InvalidCommand
 from worker.jobs import (
     delivery_count,
     epoch_ms,
-    is_stop,
     job_class,
     published_ms,
     toy_list,
@@ -41,8 +41,9 @@ from worker.jobs import (
 from worker.messages import Command, Forget, GetQrCode, LanTarget
 from worker.metrics import Metrics
 from worker.ratelimit import Limit, TokenBucket
-from worker.recent import Recent
+from worker.recent import Prior, Recent
 from worker.results import Delivery, Handled, ShareEnd, fold, make_result
+from worker.rules import is_stop
 from worker.scheduler import Finished, Job, Limits, Scheduler
 
 log = structlog.get_logger("worker.runtime")
@@ -59,6 +60,9 @@ _UNSENT_WORDS: Final = {
 @dataclass(eq=False, slots=True)
 class _Message:
     ident: str
+    #: The id results carry: the producer's, even when too long to be the worker's own.
+    result_id: str
+    notes: tuple[str, ...]
     cmd: Command
     delivery: Delivery
     received: datetime
@@ -70,6 +74,16 @@ class _Message:
     calls: int = 0
     signature: bytes | None = None
     lan_slots: asyncio.Semaphore | None = None
+
+
+def _clamped(stamp: float | None, now_ms: float) -> float:
+    """Return a message's publish time: its stamp, but never later than it arrived.
+
+    A stamp from the future would let a command slip past every Stop published
+    before that moment. Whole milliseconds, as stamps are: a tie goes to the Stop.
+    """
+    arrived = float(math.floor(now_ms))
+    return arrived if stamp is None else min(stamp, arrived)
 
 
 class Runtime:
@@ -93,7 +107,9 @@ class Runtime:
             server=Limit(settings.server_rate, settings.server_burst),
             lan=Limit(settings.lan_rate, settings.lan_burst),
             key_queue=settings.key_queue,
+            watermark_bytes=settings.watermark_bytes,
         )
+        self._caps = settings.caps
         self.scheduler = Scheduler(limits, clock_ms)
         self._batcher: Batcher[Job] = Batcher(
             settings.batch_window_ms, settings.max_uids_per_call, clock_ms
@@ -105,7 +121,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._messages: set[_Message] = set()
         self._loop: asyncio.Task[None] | None = None
-        self._recent = Recent(settings.recent_ids)
+        self._recent = Recent(settings.recent_ids, settings.recent_bytes)
         #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
         self.announce_stop: Callable[[Delivery], Coroutine[Any, Any, None]] | None = None
         #: Set by the broker: writes a tombstone for a uid to the callback log.
@@ -133,26 +149,28 @@ class Runtime:
         """Take one delivery and return its result once every share has ended."""
         received = self._now()
         try:
-            cmd = intake.decode(delivery.body)
+            admitted = intake.admit(delivery.body, self._caps)
         except InvalidCommand as exc:
             return self._invalid(delivery, str(exc), received)
-        ident = cmd.id or delivery.message_id or uuid.uuid4().hex
-        prior = self._recent.get(ident)
+        cmd = admitted.cmd
+        stop = is_stop(cmd)
+        ident = cmd.id or delivery.message_id or (
+            intake.stop_ident(delivery.body) if stop else uuid.uuid4().hex)
+        digest = intake.digest(cmd)
+        # A Stop is never answered from memory: it is always sent (it is idempotent).
+        prior = None if stop else self._recent.get(ident)
         if prior is not None:
-            # Carried out already (or now): answer again, never call twice.
-            earlier = prior if isinstance(prior, Handled) else await asyncio.shield(prior)
-            self._metrics.duplicates.inc()
-            again = msgspec.structs.replace(
-                earlier.result, redelivered=earlier.result.redelivered or delivery.redelivered)
-            return Handled(again, dead_letter=earlier.dead_letter)
+            return await self._again(prior, digest, delivery, cmd, ident, received)
         deliveries = delivery_count(delivery.headers)
+        result_id = admitted.long_id or ident
         if deliveries >= self._settings.max_deliveries:
-            return self._give_up(delivery, cmd, ident, deliveries, received)
+            return self._give_up(delivery, cmd, result_id, deliveries, received)
         now_ms = self._clock_ms()
         message = _Message(
-            ident=ident, cmd=cmd,
+            ident=ident, result_id=result_id, notes=admitted.notes, cmd=cmd,
             delivery=delivery, received=received,
-            published_ms=published_ms(delivery.headers) or now_ms, accepted_ms=now_ms,
+            published_ms=_clamped(published_ms(delivery.headers), now_ms),
+            accepted_ms=now_ms,
             future=asyncio.get_running_loop().create_future(), remaining=len(cmd.targets),
         )
         structlog.contextvars.bind_contextvars(
@@ -162,23 +180,45 @@ class Runtime:
         if isinstance(cmd, Forget):
             return await self._forget(message)
         self._messages.add(message)
-        self._recent.running(ident, message.future)
-        if is_stop(cmd):
-            self._submit_stop(message)
-            if delivery.lane == "commands" and self.announce_stop is not None:
-                self._spawn(self.announce_stop(delivery), [])
-        else:
-            self._submit(message)
-        self._wake.set()
+        if not stop:
+            self._recent.running(ident, message.future, digest)
         try:
+            if stop:
+                self.scheduler.note_stop(self._stop_key(ident, delivery))
+                self._submit_stop(message)
+                if delivery.lane == "commands" and self.announce_stop is not None:
+                    self._spawn(self.announce_stop(delivery), [])
+            else:
+                self._submit(message)
+            self._wake.set()
             handled = await message.future
-        except asyncio.CancelledError:
-            self._recent.finished(ident, None)
+        except BaseException:
+            if not stop:
+                self._recent.finished(ident, None)
             raise
         finally:
             self._messages.discard(message)
-        self._recent.finished(ident, handled)
+        self._recent.finished(ident, handled, digest, keep_existing=stop)
         return handled
+
+    async def _again(self, prior: Prior, digest: bytes, delivery: Delivery, cmd: Command,
+                     ident: str, received: datetime) -> Handled:
+        """Answer a repeat of a known id: its first result, or invalid for another command."""
+        if prior.digest != digest:
+            reason = "id: already used by a different command"
+            return self._refuse(delivery, cmd.kind, cmd.targets, ident, reason, received)
+        outcome = prior.outcome
+        # Carried out already (or now): answer again, never call twice.
+        earlier = outcome if isinstance(outcome, Handled) else await asyncio.shield(outcome)
+        self._metrics.duplicates.inc()
+        again = msgspec.structs.replace(
+            earlier.result, redelivered=earlier.result.redelivered or delivery.redelivered)
+        return Handled(again, dead_letter=earlier.dead_letter)
+
+    @staticmethod
+    def _stop_key(ident: str, delivery: Delivery) -> str:
+        """Return what names one Stop message on every replica (see Scheduler.note_stop)."""
+        return f"{ident}@{published_ms(delivery.headers)}#{intake.stop_ident(delivery.body)}"
 
     def _give_up(self, delivery: Delivery, cmd: Command, ident: str, deliveries: int,
                  received: datetime) -> Handled:
@@ -194,20 +234,25 @@ class Runtime:
         log.error("command_poisoned", message_id=ident, deliveries=deliveries)
         return Handled(result, dead_letter=reason)
 
-    def remote_stop(self, delivery: Delivery) -> None:
-        """Apply a Stop from the Stop log (sent by whichever replica consumed it)."""
+    def remote_stop(self, delivery: Delivery) -> bool:
+        """Apply a Stop from the Stop log (sent by whichever replica consumed it).
+
+        Return False when the entry is not a Stop the worker can apply (the caller
+        counts it and moves on).
+        """
         try:
-            cmd = intake.decode(delivery.body)
+            cmd = intake.admit(delivery.body, self._caps).cmd
         except InvalidCommand:
-            return
-        ident = cmd.id or delivery.message_id
-        if not is_stop(cmd) or ident is None:
-            return
-        at = published_ms(delivery.headers) or self._clock_ms()
-        for uid in cmd.targets:
-            for finished in self.scheduler.remote_stop(uid, toys_of(cmd), at, ident):
-                self._finish_unsent(finished)
+            return False
+        if not is_stop(cmd):
+            return False
+        ident = cmd.id or delivery.message_id or intake.stop_ident(delivery.body)
+        at = _clamped(published_ms(delivery.headers), self._clock_ms())
+        seen = self._stop_key(ident, delivery)
+        for finished in self.scheduler.remote_stop(seen, cmd.targets, toys_of(cmd), at, ident):
+            self._finish_unsent(finished)
         self._wake.set()
+        return True
 
     def _plans(self, cmd: Command) -> Callable[[str], Plan | Outcome]:
         cache: dict[LanTarget | None, Plan | Outcome] = {}
@@ -248,6 +293,7 @@ class Runtime:
     def _submit_stop(self, message: _Message) -> None:
         cmd = message.cmd
         plan_for = self._plans(cmd)
+        toys = toys_of(cmd)
         for uid in cmd.targets:
             plan = plan_for(uid)
             recent = self.scheduler.recent_routes(uid, RECENT_ROUTE_MS)
@@ -261,7 +307,7 @@ class Runtime:
                 assert isinstance(plan, Outcome)
                 self._end(message, ShareEnd(uid, plan))
                 continue
-            job = Job(ident=message.ident, uid=uid, toys=toys_of(cmd), cls="stop",
+            job = Job(ident=message.ident, uid=uid, toys=toys, cls="stop",
                       route=plans[0].route, published_ms=message.published_ms,
                       payload=(message, uid, plans))
             for finished in self.scheduler.submit(job):
@@ -454,9 +500,12 @@ class Runtime:
 
     def _complete(self, message: _Message) -> None:
         outcome, by = fold(message.ends, message.calls)
+        if message.notes:
+            outcome = replace(outcome, message=" ".join((outcome.message, *(
+                f"({note})" for note in message.notes))))
         completed = self._now()
         result = make_result(
-            message.ident, message.cmd.kind, message.cmd.targets, outcome, superseded_by=by,
+            message.result_id, message.cmd.kind, message.cmd.targets, outcome, superseded_by=by,
             redelivered=message.delivery.redelivered, received=message.received,
             completed=completed,
         )
@@ -489,11 +538,28 @@ class Runtime:
     def _invalid(self, delivery: Delivery, reason: str, received: datetime) -> Handled:
         command, uids, peeked = intake.peek(delivery.body)
         ident = peeked or delivery.message_id or uuid.uuid4().hex
-        structlog.contextvars.bind_contextvars(message_id=ident)
+        return self._refuse(delivery, command, uids, ident, reason, received)
+
+    def _refuse(self, delivery: Delivery, command: str, uids: list[str], ident: str,
+                reason: str, received: datetime) -> Handled:
+        """Answer ``invalid`` (and dead-letter): whatever the id, this cannot fail on it."""
+        structlog.contextvars.bind_contextvars(message_id=ident[:256])
         result = make_result(
             ident, command, uids, Outcome(status="invalid", message=reason), superseded_by=None,
             redelivered=delivery.redelivered, received=received, completed=self._now(),
         )
         self._metrics.child(self._metrics.messages, command, "invalid").inc()
         log.warning("command_rejected", command=command, reason=reason)
+        return Handled(result, dead_letter=reason)
+
+    def crashed(self, delivery: Delivery, error: BaseException) -> Handled:
+        """Answer a delivery whose handling raised: ``failed``, dead-lettered with the reason."""
+        command, uids, peeked = intake.peek(delivery.body)
+        reason = f"internal error while handling it: {type(error).__name__}"
+        result = make_result(
+            peeked or delivery.message_id or uuid.uuid4().hex, command, uids,
+            Outcome(status="failed", message=reason), superseded_by=None,
+            redelivered=delivery.redelivered, received=self._now(), completed=self._now(),
+        )
+        self._metrics.child(self._metrics.messages, command, "failed").inc()
         return Handled(result, dead_letter=reason)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from worker.ratelimit import Limit, TokenBucket
+from worker.watermarks import Watermarks
 
 JobClass = Literal["replace", "queue", "ordered", "stop"]
 Route = Literal["lan", "server"]
@@ -101,6 +102,7 @@ class Limits:
     lan: Limit = Limit(rate=10.0, burst=10.0)
     key_queue: int = 16
     watermark_ttl_ms: float = 3_600_000.0
+    watermark_bytes: int = 32 * 1024 * 1024
 
 
 def overlaps(a: Toys, b: Toys) -> bool:
@@ -126,7 +128,9 @@ class Scheduler:
         self._stops: dict[str, list[Job]] = {}
         self._stops_inflight: dict[str, list[Job]] = {}
         self._buckets: dict[tuple[str, Route], TokenBucket] = {}
-        self._watermarks: dict[str, dict[str | None, tuple[float, str]]] = {}
+        self._marks = Watermarks(limits.watermark_bytes)
+        # One Stop message's toys, as the frozenset its users' marks share.
+        self._toyset: tuple[Toys, frozenset[str] | None] = (None, None)
         self._last_route: dict[str, dict[Route, float]] = {}
         self._wake: list[tuple[float, int, str, Any]] = []
         self._deadlines: list[tuple[float, int, Job]] = []
@@ -150,14 +154,12 @@ class Scheduler:
 
     def watermark(self, uid: str, toys: Toys) -> tuple[float, str] | None:
         """Return the latest Stop (publish ms, id) that covers a job for these toys."""
-        marks = self._watermarks.get(uid)
-        if not marks:
-            return None
-        if toys is None:
-            candidates: Iterable[tuple[float, str]] = marks.values()
-        else:
-            candidates = [m for t in (None, *toys) if (m := marks.get(t)) is not None]
-        return max(candidates, default=None)
+        return self._marks.covering(uid, toys)
+
+    @property
+    def watermarks(self) -> Watermarks:
+        """Return the Stop watermarks (for their size)."""
+        return self._marks
 
     # ------------------------------------------------------------------ input
 
@@ -197,19 +199,38 @@ class Scheduler:
         self._push(now, "key", job.key)
         return finished
 
-    def remote_stop(self, uid: str, toys: Toys, published_ms: float, ident: str) -> list[Finished]:
-        """Apply a Stop another replica sends: cancel, raise the watermark, follow up in-flight."""
-        seen = f"{ident}@{published_ms}"
+    def note_stop(self, seen: str) -> bool:
+        """Remember a Stop message by its key; return False when it was known already.
+
+        The key names one message (the runtime makes it from the message's id, publish
+        time and body), never one user of it: a Stop for many users is applied to all
+        of them or, when seen before, to none.
+        """
         if seen in self._seen_stops:
+            return False
+        self._seen_stops[seen] = None
+        if len(self._seen_stops) > _SEEN_STOPS:
+            self._seen_stops.popitem(last=False)
+        return True
+
+    def remote_stop(self, seen: str, uids: Sequence[str], toys: Toys, published_ms: float,
+                    ident: str) -> list[Finished]:
+        """Apply a Stop another replica sends: cancel, raise watermarks, follow up in-flight.
+
+        ``seen`` is the message's key (:meth:`note_stop`); a message already seen here,
+        sent by this replica or applied from the log, changes nothing.
+        """
+        if not self.note_stop(seen):
             return []
-        self._remember_stop(seen)
-        finished = self._apply_watermark(uid, toys, published_ms, ident)
-        for key in self._uid_keys.get(uid, ()):
-            inflight = self._keys[key].inflight
-            if inflight is not None and overlaps(key[1], toys) and (
-                inflight.published_ms <= published_ms
-            ):
-                inflight.followups.append((ident, published_ms))
+        finished: list[Finished] = []
+        for uid in uids:
+            finished += self._apply_watermark(uid, toys, published_ms, ident)
+            for key in self._uid_keys.get(uid, ()):
+                inflight = self._keys[key].inflight
+                if inflight is not None and overlaps(key[1], toys) and (
+                    inflight.published_ms <= published_ms
+                ):
+                    inflight.followups.append((ident, published_ms))
         return finished
 
     def settled(self, job: Job) -> None:
@@ -327,19 +348,18 @@ class Scheduler:
             self._forget_if_idle(key)
         return [Finished(j, status, by) for j in removed]
 
-    def _remember_stop(self, ident: str) -> None:
-        self._seen_stops[ident] = None
-        if len(self._seen_stops) > _SEEN_STOPS:
-            self._seen_stops.popitem(last=False)
+    def _frozen(self, toys: Toys) -> frozenset[str] | None:
+        # The shares of one message hold the same tuple: freeze it once, not once a user.
+        if toys is None:
+            return None
+        if self._toyset[0] is not toys:
+            self._toyset = (toys, frozenset(toys))
+        return self._toyset[1]
 
     def _apply_watermark(
         self, uid: str, toys: Toys, published_ms: float, ident: str
     ) -> list[Finished]:
-        marks = self._watermarks.setdefault(uid, {})
-        for toy in (None,) if toys is None else toys:
-            current = marks.get(toy)
-            if current is None or current[0] < published_ms:
-                marks[toy] = (published_ms, ident)
+        self._marks.raise_mark(uid, self._frozen(toys), published_ms, ident)
         finished: list[Finished] = []
         for key in list(self._uid_keys.get(uid, ())):
             if overlaps(key[1], toys):
@@ -348,7 +368,6 @@ class Scheduler:
         return finished
 
     def _submit_stop(self, stop: Job, now: float) -> list[Finished]:
-        self._remember_stop(f"{stop.ident}@{stop.published_ms}")
         # The Stop log may have told us of this Stop first: it is sent now, so no follow-up.
         for key in self._uid_keys.get(stop.uid, ()):
             inflight = self._keys[key].inflight
@@ -413,11 +432,6 @@ class Scheduler:
         for bucket_key in [k for k, b in self._buckets.items() if b.full(now)]:
             del self._buckets[bucket_key]
         horizon = now - self._limits.watermark_ttl_ms
-        for uid in list(self._watermarks):
-            marks = {t: m for t, m in self._watermarks[uid].items() if m[0] >= horizon}
-            if marks:
-                self._watermarks[uid] = marks
-            else:
-                del self._watermarks[uid]
+        self._marks.expire(horizon)
         for uid in [u for u, r in self._last_route.items() if max(r.values()) < horizon]:
             del self._last_route[uid]

@@ -39,6 +39,7 @@ from worker.registry_log import (
     log_arguments,
     snapshot_arguments,
 )
+from worker.rules import DEFAULT_CAPS, MAX_ID_BYTES, MAX_TOY_ID_LENGTH, Caps
 
 SCHEMAS: dict[str, tuple[Any, str, str]] = {
     "command.schema.json": (
@@ -466,6 +467,7 @@ def _components() -> dict[str, Any]:
     """Return the msgspec schemas as AsyncAPI components (AsyncAPI's discriminator form)."""
     (command, _result, _callback), schemas = msgspec.json.schema_components(
         [Command, Result, Callback], ref_template=_REF)
+    schemas = _with_caps({"$defs": dict(schemas)}, DEFAULT_CAPS)["$defs"]
     discriminator = command.pop("discriminator")
     # AsyncAPI names the tag property only: its value must be the component's name.
     for tag, ref in discriminator["mapping"].items():
@@ -502,11 +504,60 @@ def _encode(document: Any) -> bytes:
     return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
 
 
+def _cap_string(node: dict[str, Any], cap: int) -> None:
+    for option in node.get("anyOf", [node]):
+        if option.get("type") == "string":
+            option["maxLength"] = cap
+        elif option.get("type") == "array":
+            option["items"]["maxLength"] = cap
+
+
+def _cap_items(node: dict[str, Any], cap: int) -> None:
+    for option in node["anyOf"]:
+        if option.get("type") == "array":
+            option["maxItems"] = cap
+
+
+def _cap_command(name: str, fields: dict[str, Any], caps: Caps) -> None:
+    stop = name == "Stop"
+    fields["id"]["description"] = (
+        f"at most {MAX_ID_BYTES} UTF-8 bytes (an AMQP short string); a Stop with a longer id "
+        "is carried out under an id of the worker's, and its result says so"
+        if stop else f"at most {MAX_ID_BYTES} UTF-8 bytes (an AMQP short string)")
+    if stop:
+        fields["toy"]["description"] = (
+            f"over {caps.toys} ids or {MAX_TOY_ID_LENGTH} characters an id (LOVENSE_MAX_TOYS), "
+            "the Stop is carried out for every toy of its users")
+        fields["uids"]["description"] = (
+            f"over {caps.uids:,} users (LOVENSE_MAX_UIDS), the Stop is carried out for all")
+        return
+    _cap_string(fields["id"], MAX_ID_BYTES)
+    _cap_string(fields["toy"], MAX_TOY_ID_LENGTH)
+    _cap_items(fields["toy"], caps.toys)
+    _cap_items(fields["uids"], caps.uids)
+    for field, cap in {"action": caps.action, "rule": caps.rule,
+                       "strength": caps.strength}.items():
+        if field in fields:
+            _cap_string(fields[field], cap)
+
+
+def _with_caps(schema: dict[str, Any], caps: Caps) -> dict[str, Any]:
+    """State the worker's size caps (their defaults) on each command's fields.
+
+    They are enforced after decoding, not by the Structs, because a Stop is never
+    refused for a size: the Stop's own schema states what happens instead.
+    """
+    for name, definition in schema.get("$defs", {}).items():
+        if name in COMMAND_NAMES:
+            _cap_command(name, definition["properties"], caps)
+    return schema
+
+
 def render() -> dict[str, bytes]:
     """Return every generated file's name and content."""
     files = {}
     for name, (kind, title, description) in SCHEMAS.items():
-        schema = msgspec.json.schema(kind)
+        schema = _with_caps(msgspec.json.schema(kind), DEFAULT_CAPS)
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://lovense-worker.invalid/schemas/{name}",

@@ -348,8 +348,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("empty-uids", other("Stop", uid=None, uids=[]), "uids: must list at least one user id"),
     (
         "too-many-uids",
-        other("Stop", uid=None, uids=[f"u{n}" for n in range(10_001)]),
-        "uids: at most 10,000 user ids, got 10,001",
+        other("GetToys", uid=None, uids=[f"u{n}" for n in range(10_001)]),
+        "uids: at most 10,000 user ids (LOVENSE_MAX_UIDS), got 10,001",
     ),
     (
         "duplicate-uid",

@@ -230,8 +230,8 @@ def test_remote_stop_follows_up_an_inflight_call() -> None:
     s, clock = make()
     s.submit(job("a"))
     inflight = s.poll().send[0]
-    assert s.remote_stop("u", None, clock.ms, "remote-stop") == []
-    assert s.remote_stop("u", None, clock.ms, "remote-stop") == []  # seen once only
+    assert s.remote_stop("remote-stop@1", ["u"], None, clock.ms, "remote-stop") == []
+    assert s.remote_stop("remote-stop@1", ["u"], None, clock.ms, "remote-stop") == []  # once
     s.settled(inflight)
     follow = s.poll().send
     assert [(j.ident, j.cls) for j in follow] == [("remote-stop:after:a", "stop")]
@@ -357,7 +357,7 @@ def test_stop_seen_in_the_log_first_is_sent_once() -> None:
     s, clock = make()
     s.submit(job("a"))
     inflight = s.poll().send[0]
-    s.remote_stop("u", None, clock.ms, "stop-1")
+    s.remote_stop("stop-1@1", ["u"], None, clock.ms, "stop-1")
     s.submit(job("stop-1", cls="stop", published=clock.ms))
     s.settled(inflight)
     assert ids(s.poll().send) == ["stop-1"]
@@ -404,3 +404,47 @@ def test_a_superseded_job_is_let_go_before_its_deadline() -> None:
     tick = s.poll()
     assert [f.job.ident for f in tick.finished] == ["r2999"]
     assert [f.status for f in tick.finished] == ["expired"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    users=st.lists(st.sampled_from([f"u{n}" for n in range(8)]), min_size=1, max_size=8,
+                   unique=True),
+    busy=st.sets(st.sampled_from([f"u{n}" for n in range(8)]), max_size=8),
+    waiting=st.sets(st.sampled_from([f"u{n}" for n in range(8)]), max_size=8),
+    toys=st.one_of(st.none(), st.tuples(st.sampled_from(["t1", "t2"]))),
+)
+def test_a_multi_user_stop_from_the_log_covers_every_user(
+    users: list[str], busy: set[str], waiting: set[str], toys: Toys,
+) -> None:
+    """A Stop for many users learned from the log cancels and follows up for every one of them."""
+    s, clock = make(server=Limit(rate=1e9, burst=1e9))
+    inflight = {}
+    for uid in sorted(busy):
+        s.submit(job(f"busy-{uid}", uid=uid))
+    for sent in s.poll().send:
+        inflight[sent.uid] = sent
+    for uid in sorted(waiting):
+        s.submit(job(f"wait-{uid}", uid=uid, cls="queue"))
+    finished = s.remote_stop("stop@1", users, toys, clock.ms, "stop")
+    assert sorted(f.job.uid for f in finished) == sorted(set(waiting) & set(users))
+    assert all(f.status == "superseded" and f.by == "stop" for f in finished)
+    for uid in users:
+        assert s.watermark(uid, None) == (clock.ms, "stop")
+    clock.ms += 1
+    for sent in inflight.values():
+        s.settled(sent)
+    follow = s.poll().send
+    assert sorted(j.uid for j in follow if j.cls == "stop") == sorted(busy & set(users))
+    assert fin(s.submit(job("late", uid=users[-1], published=clock.ms - 1))) == [
+        ("late", "superseded", "stop")]
+
+
+def test_a_stop_message_seen_before_changes_nothing_for_any_user() -> None:
+    """The log's copy of a Stop this replica already sent is skipped as a whole, once."""
+    s, clock = make()
+    assert s.note_stop("s@1")
+    assert s.remote_stop("s@1", ["a", "b"], None, clock.ms, "s") == []
+    assert s.watermark("a", None) is None and s.watermark("b", None) is None
+    assert s.remote_stop("s2@1", ["a", "b"], None, clock.ms, "s2") == []
+    assert (s.watermark("a", None), s.watermark("b", None)) == ((clock.ms, "s2"), (clock.ms, "s2"))
