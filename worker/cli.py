@@ -146,9 +146,15 @@ def _banner(server_url: str, uid: str, domain: str, port: int) -> str:
 
 
 def _configure_logs(settings: Settings) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    # The password as written in the URL (maybe percent-encoded) and as sent.
+    password = urlsplit(settings.amqp_url).password or ""
     logs.configure(
         settings.log_format, settings.log_level,
-        secrets=(settings.developer_token.reveal(), settings.utoken_secret.reveal()),
+        secrets=(settings.developer_token.reveal(), settings.utoken_secret.reveal(),
+                 password, unquote(password)),
+        utoken_hex=bool(settings.utoken_secret),
     )
 
 
