@@ -180,7 +180,8 @@ def check_route(cmd: Command, route: Route) -> None:
     problem = _route_problem(cmd, route)
     if problem is not None:
         raise InvalidCommand(problem)
-    if route == "server" and cmd.uids is not None and cmd.toy is not None:
+    # A Stop goes out one call per user, so its toys hold (and stopping more is safe anyway).
+    if route == "server" and cmd.uids is not None and cmd.toy is not None and not is_stop(cmd):
         raise InvalidCommand(
             "toy: Lovense's server ignores toy when a command goes to several users, "
             "so every toy would respond; give a single uid or leave toy out"

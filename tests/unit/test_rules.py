@@ -433,7 +433,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("lan-qr-code", other("GetQrCode", mode="lan"), SERVER_ONLY),
     (
         "server-uids-with-toy",
-        other("Stop", uid=None, uids=["u1", "u2"], toy="ff922f7fd345", mode="server"),
+        other("Function", uid=None, uids=["u1", "u2"], toy="ff922f7fd345", mode="server",
+              action="Vibrate:5", timeSec=2),
         "toy: Lovense's server ignores toy when a command goes to several users, "
         "so every toy would respond; give a single uid or leave toy out",
     ),

@@ -197,3 +197,14 @@ def test_finished_ids_are_bounded_in_bytes_oldest_first() -> None:
         assert recent.size_bytes <= 1_000_000
     assert recent.get("id-0") is None
     assert recent.get("id-9") is not None
+
+
+async def test_a_multi_user_stop_naming_toys_stops_those_toys_of_each_user(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A Stop for several users and some toys is carried out, one call per user with its toys."""
+    handled = await run(runtime, {"command": "Stop", "uids": ["a", "b"], "toy": ["t1", "t2"],
+                                  "id": "s"})
+    assert handled.result.status == "ok"
+    assert sorted((c["uid"], c["toy"]) for c in upstream.calls) == [
+        ("a", ["t1", "t2"]), ("b", ["t1", "t2"])]
