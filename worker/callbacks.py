@@ -79,8 +79,6 @@ def decode(body: bytes) -> Callback:
     except UnicodeDecodeError:
         raise CallbackRefused("callback: a string is not valid UTF-8") from None
     except RecursionError:
-        raise CallbackRefused("callback: nested too deeply to be a callback") from None
-    except RecursionError:
         raise CallbackRefused("callback: nested too deeply") from None
 
 
