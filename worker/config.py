@@ -266,6 +266,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "longest Pattern rule", _int_in(16, 4096)),
     Setting("LOVENSE_MAX_STRENGTH_LENGTH", "max_strength_length", "256", "characters",
             "longest Pattern strength", _int_in(16, 65_536)),
+    Setting("LOVENSE_WIDE_STOP_USERS", "wide_stop_users", "20000", "users",
+            "users of multi-user Stops whose calls run at once; a wider burst's watermarks "
+            "apply on arrival and its calls wait for room", _int_in(1, 10_000_000)),
     Setting("LOVENSE_RECENT_BYTES", "recent_bytes", "67108864", "bytes",
             "memory budget of the finished command ids (LOVENSE_RECENT_IDS); over it the "
             "oldest go first", _int_in(0, 2**40)),
@@ -330,6 +333,7 @@ class Settings:
     max_action_length: int = 256
     max_rule_length: int = 64
     max_strength_length: int = 256
+    wide_stop_users: int = 20_000
     recent_bytes: int = 64 * 1024 * 1024
     watermark_bytes: int = 32 * 1024 * 1024
 

@@ -38,7 +38,8 @@ class Prior:
     """What the memory knows of an id: the command it named, and its result or future."""
 
     digest: bytes
-    outcome: Handled | asyncio.Future[Handled]
+    #: None for a command that is never answered from memory (a Stop): only its digest is kept.
+    outcome: Handled | asyncio.Future[Handled] | None
 
 
 class Recent:
@@ -64,6 +65,8 @@ class Recent:
         """Return the finished result or the future of one in progress, with its digest."""
         done = self._done.get(ident)
         if done is not None:
+            if not done[0]:
+                return Prior(done[2], None)
             return Prior(done[2], Handled(_decode(done[0]), dead_letter=done[1]))
         running = self._running.get(ident)
         return None if running is None else Prior(running[1], running[0])
@@ -73,16 +76,18 @@ class Recent:
         self._running[ident] = (future, digest)
 
     def finished(self, ident: str, handled: Handled | None, digest: bytes = b"", *,
-                 keep_existing: bool = False) -> None:
+                 answer: bool = True) -> None:
         """Note that ``ident`` ended (None when it ended without a result, e.g. shutdown).
 
-        With ``keep_existing`` an id already remembered keeps its entry (a Stop reusing
-        a command's id must not replace that command's answer).
+        With ``answer=False`` (a Stop: never answered from memory) only the digest is
+        kept, so a different command reusing the id is still told, and an id already
+        remembered keeps its entry (a Stop reusing a command's id must not replace that
+        command's answer).
         """
         self._running.pop(ident, None)
-        if handled is None or self._size == 0 or (keep_existing and ident in self._done):
+        if handled is None or self._size == 0 or (not answer and ident in self._done):
             return
-        body = encoder.encode(handled.result)
+        body = encoder.encode(handled.result) if answer else b""
         cost = _cost(ident, body)
         if cost > self._budget:
             return  # larger than the whole budget: remembering it would forget everything else

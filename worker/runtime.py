@@ -17,6 +17,7 @@ import asyncio
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ import msgspec
 import structlog
 
 from worker import bodies, intake, rules
+from worker.admission import Room
 from worker.batching import Batcher
 from worker.config import Settings
 from worker.dispatch import Dispatcher, Outcome, Plan
@@ -122,6 +124,10 @@ class Runtime:
         self._messages: set[_Message] = set()
         self._loop: asyncio.Task[None] | None = None
         self._recent = Recent(settings.recent_ids, settings.recent_bytes)
+        self._stops: deque[Job] = deque()
+        self._wide_stops: deque[Job] = deque()
+        self._stop_runners = 0
+        self._wide_room = Room(settings.wide_stop_users)
         #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
         self.announce_stop: Callable[[Delivery], Coroutine[Any, Any, None]] | None = None
         #: Set by the broker: writes a tombstone for a uid to the callback log.
@@ -182,10 +188,10 @@ class Runtime:
         self._messages.add(message)
         if not stop:
             self._recent.running(ident, message.future, digest)
+        room = 0
         try:
             if stop:
-                self.scheduler.note_stop(self._stop_key(ident, delivery))
-                self._submit_stop(message)
+                room = await self._start_stop(message)
                 if delivery.lane == "commands" and self.announce_stop is not None:
                     self._spawn(self.announce_stop(delivery), [])
             else:
@@ -198,16 +204,38 @@ class Runtime:
             raise
         finally:
             self._messages.discard(message)
-        self._recent.finished(ident, handled, digest, keep_existing=stop)
+            if room:
+                self._wide_room.leave(room)
+        self._recent.finished(ident, handled, digest, answer=not stop)
         return handled
+
+    async def _start_stop(self, message: _Message) -> int:
+        """Apply a Stop's watermarks now and start its calls; return the room a wide one took.
+
+        A Stop for several users marks every one of them at once (cancelling what waits,
+        following up calls in flight, as a Stop from the log does), then waits for room
+        among the users of wide Stops in progress before its calls start.
+        """
+        cmd, seen = message.cmd, self._stop_key(message.ident, message.delivery)
+        room = 0
+        if len(cmd.targets) > 1:
+            for finished in self.scheduler.remote_stop(
+                    seen, cmd.targets, toys_of(cmd), message.published_ms, message.ident):
+                self._finish_unsent(finished)
+            self._wake.set()
+            room = await self._wide_room.enter(len(cmd.targets))
+        else:
+            self.scheduler.note_stop(seen)
+        self._submit_stop(message)
+        return room
 
     async def _again(self, prior: Prior, digest: bytes, delivery: Delivery, cmd: Command,
                      ident: str, received: datetime) -> Handled:
         """Answer a repeat of a known id: its first result, or invalid for another command."""
-        if prior.digest != digest:
+        outcome = prior.outcome
+        if prior.digest != digest or outcome is None:
             reason = "id: already used by a different command"
             return self._refuse(delivery, cmd.kind, cmd.targets, ident, reason, received)
-        outcome = prior.outcome
         # Carried out already (or now): answer again, never call twice.
         earlier = outcome if isinstance(outcome, Handled) else await asyncio.shield(outcome)
         self._metrics.duplicates.inc()
@@ -293,7 +321,9 @@ class Runtime:
     def _submit_stop(self, message: _Message) -> None:
         cmd = message.cmd
         plan_for = self._plans(cmd)
-        toys = toys_of(cmd)
+        toys, multi = toys_of(cmd), len(cmd.targets) > 1
+        # Most users share their plans: one list each, not one a user.
+        shared: dict[tuple[Plan, ...], list[Plan]] = {}
         for uid in cmd.targets:
             plan = plan_for(uid)
             recent = self.scheduler.recent_routes(uid, RECENT_ROUTE_MS)
@@ -307,9 +337,10 @@ class Runtime:
                 assert isinstance(plan, Outcome)
                 self._end(message, ShareEnd(uid, plan))
                 continue
+            plans = shared.setdefault(tuple(plans), plans)
             job = Job(ident=message.ident, uid=uid, toys=toys, cls="stop",
                       route=plans[0].route, published_ms=message.published_ms,
-                      payload=(message, uid, plans))
+                      payload=(message, uid, plans), multi=multi)
             for finished in self.scheduler.submit(job):
                 self._finish_unsent(finished)
 
@@ -356,7 +387,13 @@ class Runtime:
 
     def _launch(self, job: Job) -> None:
         if job.cls == "stop":
-            self._spawn(self._send_stop(job), [job])
+            # Shares of multi-user Stops queue behind single-user ones: a Stop for 10,000
+            # users must not make a Stop for one wait.
+            (self._wide_stops if job.multi else self._stops).append(job)
+            while self._stop_runners < self._settings.http_connections and (
+                    self._stops or self._wide_stops):
+                self._stop_runners += 1
+                self._spawn(self._run_stops(), [])
             return
         message, _uid, plan = job.payload
         self._metrics.child(self._metrics.rate_limit_wait, plan.route).observe(
@@ -447,6 +484,21 @@ class Runtime:
             cmd.mode == "auto" and bool(self._settings.developer_token)
             and not rules.needs_lan(cmd) and job.deadline_ms > self._clock_ms()
         )
+
+    async def _run_stops(self) -> None:
+        """Send Stops one after another while any wait: a bounded pool, not a task a user."""
+        try:
+            while self._stops or self._wide_stops:
+                job = (self._stops or self._wide_stops).popleft()
+                try:
+                    await self._send_stop(job)
+                except Exception as exc:  # noqa: BLE001 - end this share, keep the pool going
+                    log.error("call_crashed", error=repr(exc), exc_info=exc)
+                    if job.state != "done":
+                        self._settle(job, Outcome(status="failed",
+                                                  message=f"internal error: {exc!r}"))
+        finally:
+            self._stop_runners -= 1
 
     async def _send_stop(self, job: Job) -> None:
         give_up_at = time.monotonic() + self._settings.stop_retry_s

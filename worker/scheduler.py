@@ -68,7 +68,7 @@ class Job:
     seq: int = 0
     state: Literal["new", "pending", "sent", "done"] = "new"
     #: Remote Stops that arrived while this job's call was in flight.
-    followups: list[tuple[str, float]] = field(default_factory=list)
+    followups: list[tuple[str, float]] | None = None
 
     @property
     def key(self) -> Key:
@@ -230,7 +230,7 @@ class Scheduler:
                 if inflight is not None and overlaps(key[1], toys) and (
                     inflight.published_ms <= published_ms
                 ):
-                    inflight.followups.append((ident, published_ms))
+                    inflight.followups = [*(inflight.followups or ()), (ident, published_ms)]
         return finished
 
     def settled(self, job: Job) -> None:
@@ -252,7 +252,7 @@ class Scheduler:
             state.inflight = None
             self._push(now, "key", job.key)
             self._forget_if_idle(job.key)
-        for stop_ident, stop_ms in job.followups:
+        for stop_ident, stop_ms in job.followups or ():
             follow = Job(ident=f"{stop_ident}:after:{job.ident}", uid=job.uid, toys=job.toys,
                          cls="stop", route=job.route, published_ms=stop_ms,
                          payload=("followup", job.payload))

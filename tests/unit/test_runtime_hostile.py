@@ -208,3 +208,59 @@ async def test_a_multi_user_stop_naming_toys_stops_those_toys_of_each_user(
     assert handled.result.status == "ok"
     assert sorted((c["uid"], c["toy"]) for c in upstream.calls) == [
         ("a", ["t1", "t2"]), ("b", ["t1", "t2"])]
+
+
+async def test_a_command_reusing_a_stops_id_is_invalid(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """A Stop's id stays taken: a different command reusing it is refused, never sent."""
+    await run(runtime, {"command": "Stop", "uid": "u", "id": "s-1"})
+    again = await run(runtime, vibrate("s-1"))
+    assert again.result.message == "id: already used by a different command"
+    assert [c["action"] for c in upstream.calls] == ["Stop"]
+
+
+async def test_single_user_stops_go_ahead_of_a_wide_stops_calls(
+    upstream: GatedUpstream
+) -> None:
+    """With one Stop sender, a single-user Stop is sent before the wide Stop's remaining users."""
+    runtime = await make_runtime(upstream, http_connections=1)
+    try:
+        upstream.gate.clear()
+        wide = start(runtime, {"command": "Stop", "uids": [f"w{n}" for n in range(5)], "id": "w"})
+        await settle()
+        single = start(runtime, {"command": "Stop", "uid": "solo", "id": "s"})
+        await settle()
+        upstream.gate.set()
+        await asyncio.wait_for(asyncio.gather(wide, single), 5)
+        assert [c["uid"] for c in upstream.calls] == ["w0", "solo", "w1", "w2", "w3", "w4"]
+    finally:
+        await runtime.close()
+
+
+async def test_a_wide_stop_marks_every_user_before_it_has_room(upstream: GatedUpstream) -> None:
+    """Waiting for room, a wide Stop has already cancelled its users' waiting commands."""
+    runtime = await make_runtime(upstream, wide_stop_users=2)
+    try:
+        upstream.gate.clear()
+        first = start(runtime, {"command": "Stop", "uids": ["a", "b"], "id": "first"})
+        busy = start(runtime, vibrate("busy", uid="d", level=1), published=epoch_ms() - 9)
+        await settle()
+        waiting = start(runtime, vibrate("v", uid="d", level=3), published=epoch_ms() - 5)
+        await settle()
+        second = start(runtime, {"command": "Stop", "uids": ["c", "d"], "id": "second"})
+        await settle()
+        assert runtime.scheduler.watermark("d", None) is not None
+        assert (await asyncio.wait_for(waiting, 5)).result.supersededBy == "second"
+        assert sorted((c["uid"], c["action"]) for c in upstream.calls) == [
+            ("a", "Stop"), ("b", "Stop"), ("d", "Vibrate:1")]
+        upstream.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, second, busy), 5)
+        # d's call in flight when the Stop was marked is followed by a Stop once it settles;
+        # the Stop's own call for d comes when there is room (a second, harmless Stop).
+        last = {c["uid"]: c["action"] for c in upstream.calls}
+        assert last == {"a": "Stop", "b": "Stop", "c": "Stop", "d": "Stop"}
+        assert [c["action"] for c in upstream.calls if c["uid"] == "d"] == [
+            "Vibrate:1", "Stop", "Stop"]
+    finally:
+        await runtime.close()
