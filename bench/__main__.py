@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import aio_pika
 
-from bench import broadcast, flood, registry, results, stop_load, throughput
+from bench import broadcast, flood, registry, results, stop_load, stop_poison, throughput
 from bench.procs import BenchError, Procs
 from bench.scenario import Options, Scenario
 
@@ -36,6 +36,8 @@ SCENARIOS: Final[dict[str, tuple[Scenario, str]]] = {
                   "result"),
     "stop_load": (stop_load.run, "Stops through the Stop lane while 100,000 commands are "
                   "backlogged: latency, nothing older after a Stop"),
+    "stop_poison": (stop_poison.run, "stop_load with 1,000 poison messages on the Stop lane and "
+                    "the shards; then RSS around 100 Stops for 10,000 uids x 32 toys"),
     "registry": (registry.run, "1,000,000 paired users: worker A follows the log while it is "
                  "written, snapshot, RSS, worker B's start-up"),
     "registry_after": (registry.run_after, "the same, worker A started after the log is "
@@ -58,7 +60,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "results.json left alone unless --output is given")
     parser.add_argument("--commands", type=int, default=None,
                         help="the scenario's main size: commands (throughput, scheduler, "
-                        "flood), uids (broadcast), backlog (stop_load), users (registry); "
+                        "flood), uids (broadcast), backlog (stop_load, stop_poison), users "
+                        "(registry); "
                         "default each scenario's own (see bench/README.md)")
     parser.add_argument("--delays", default=None,
                         help="simulator delays in ms, comma-separated (default: the "

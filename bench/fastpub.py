@@ -199,25 +199,26 @@ class FastPublisher(_Raw):
         """Publish (routing key, body, properties) triples; return how many.
 
         Properties are marshalled per message by pamqp (message id, headers, ...);
-        set ``delivery_mode=2`` in them for persistent messages.
+        set ``delivery_mode=2`` in them for persistent messages. A body larger than
+        a frame goes out in several body frames.
         """
         limit = self._frame_max - 8
         parts: list[bytes] = []
         count = 0
         for routing_key, body, properties in messages:
-            if len(body) > limit:
-                raise BenchError(f"fastpub: a {len(body)}-byte body needs several frames")
             parts.append(frame.marshal(commands.Basic.Publish(
                 exchange=exchange, routing_key=routing_key), _CHANNEL))
             parts.append(frame.marshal(header.ContentHeader(0, len(body), properties),
                                        _CHANNEL))
-            parts.append(struct.pack("!BHI", 3, _CHANNEL, len(body)) + body + _FRAME_END)
+            for start in range(0, max(1, len(body)), limit):
+                chunk = body[start : start + limit]
+                parts.append(struct.pack("!BHI", 3, _CHANNEL, len(chunk)) + chunk + _FRAME_END)
             count += 1
             if count % batch == 0:
                 await self._flush(parts, batch)
                 parts = []
         if parts:
-            await self._flush(parts, len(parts) // 3)
+            await self._flush(parts, count % batch)
         return count
 
     async def _flush(self, parts: list[bytes], messages: int) -> None:

@@ -160,6 +160,9 @@ class Collector:
         self.strays = 0
         self.last_ms = 0.0
         self.done = asyncio.Event()
+        #: A result id -> the expected id it stands for (a message whose result is named
+        #: after its body's ``id``, not after its message_id).
+        self.aliases: dict[str, str] = {}
 
     def expect(self, idents: Iterable[str]) -> None:
         """Add ids to wait for (before they are published)."""
@@ -178,6 +181,8 @@ class Collector:
             ident, status = result.get("id"), result.get("status")
         except (msgspec.DecodeError, AttributeError):
             ident, status = message_id, "undecodable"
+        if self.aliases and isinstance(ident, str):
+            ident = self.aliases.get(ident, ident)
         if ident not in self.expected:
             self.strays += 1
             return

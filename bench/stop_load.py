@@ -27,9 +27,10 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 from pamqp.commands import Basic
@@ -55,7 +56,7 @@ from bench.common import (
     worker_env,
 )
 from bench.fastpub import FastPublisher
-from bench.procs import CpuMeter, Procs
+from bench.procs import CpuMeter, Proc, Procs
 from bench.scenario import Options, Outcome
 from worker import topology
 from worker.producer import Producer
@@ -89,139 +90,219 @@ async def _queued(session: load.Session) -> int:
     return total
 
 
-async def run(procs: Procs, opts: Options) -> Outcome:
-    """Backlog, worker, Stops under load; then latencies and ordering from the simulator."""
-    backlog = opts.size(FULL, QUICK)
-    users = max(1, backlog // PER_USER)
-    stops_n = min(users, STOPS_QUICK if opts.quick else STOPS_FULL)
-    delay_ms = opts.delays_or((DELAY_MS,))[0]
-    token = f"bench-{secrets.token_hex(8)}"
-    tag = f"sl-{secrets.token_hex(4)}"
-    uids = [f"{tag}-u{u:05d}" for u in range(users)]
-    print(f"  backlog {backlog} commands for {users} users, published before the worker "
-          f"starts; {stops_n} Stops at random times while (about) {START_SHARE:.0%} to "
-          f"{END_SHARE:.0%} of the backlog's results come in; simulator {delay_ms} ms, "
-          "recording", flush=True)
+@dataclass
+class StopRun:
+    """One Stops-under-load run: its sizes and messages, and what it saw (shared with
+    ``stop_poison``, which adds its poison messages to the same machinery)."""
 
-    sim, event = await procs.simulator(delay_ms, token, record=True)
-    await check_delay(event["serverUrl"], delay_ms)
+    backlog: int
+    users: int
+    stops_n: int
+    delay_ms: int
+    tag: str
+    uids: list[str]
+    routes: list[tuple[str, str, bytes]]
+    timeout: float
+    stamps: dict[str, int] = field(default_factory=dict)
+    stop_stamps: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (uid, ms)
+    #: Ids the collector waits for that are not backlog commands (Stops, poison).
+    others: set[str] = field(default_factory=set)
+    publish_s: float = 0.0
+    queued: int = 0
+    ready_at: float = 0.0
+    left_at: list[int] = field(default_factory=list)
+    stops_from: float = 0.0
+    stops_to: float = 0.0
+    cpu: dict[str, float | None] = field(default_factory=dict)
+    drained_s: float | None = None
+    reason: str | None = None
+
+    @classmethod
+    def plan(cls, opts: Options, prefix: str) -> StopRun:
+        """Size the run from the options: backlog, users, Stops, delay, timeout."""
+        backlog = opts.size(FULL, QUICK)
+        users = max(1, backlog // PER_USER)
+        tag = f"{prefix}-{secrets.token_hex(4)}"
+        uids = [f"{tag}-u{u:05d}" for u in range(users)]
+        routes = [(f"{tag}-{n}", uids[n % users], _body(uids[n % users], n // users))
+                  for n in range(backlog)]
+        return cls(backlog=backlog, users=users,
+                   stops_n=min(users, STOPS_QUICK if opts.quick else STOPS_FULL),
+                   delay_ms=opts.delays_or((DELAY_MS,))[0], tag=tag, uids=uids, routes=routes,
+                   timeout=opts.timeout_or(120 + backlog / 100))
+
+    def messages(self) -> Iterator[tuple[str, bytes, Basic.Properties]]:
+        """Yield the backlog's messages, each stamped just before it is sent."""
+        for ident, key, body in self.routes:
+            stamp = time.time_ns() // 1_000_000
+            self.stamps[ident] = stamp
+            yield key, body, load.properties(ident, stamp)
+
+    def done(self, collector: load.Collector) -> int:
+        """Return how many backlog results are in so far."""
+        return len(collector.received) - sum(1 for i in self.others if i in collector.received)
+
+
+class Rig(NamedTuple):
+    """The run's simulator (recording), its ready event, and the worker's environment."""
+
+    sim: Proc
+    event: dict[str, Any]
+    env: dict[str, str]
+
+
+async def start(procs: Procs, opts: Options, run: StopRun) -> Rig:
+    """Start the recording simulator and prepare the queues (purged) and the worker's env."""
+    token = f"bench-{secrets.token_hex(8)}"
+    sim, event = await procs.simulator(run.delay_ms, token, record=True)
+    await check_delay(event["serverUrl"], run.delay_ms)
     await load.prepare(opts.amqp_url, SHARDS)
     await prepare_stop_lane(opts.amqp_url)
     env = worker_env(opts.amqp_url, event, extra={"LOVENSE_DEFAULT_TTL_MS": str(TTL_MS)},
                      opts=opts)
-    routes = [(f"{tag}-{n}", uids[n % users], _body(uids[n % users], n // users))
-              for n in range(backlog)]
-    stamps: dict[str, int] = {}
-    stop_stamps: dict[str, tuple[str, int]] = {}  # stop id -> (uid, published ms)
-    timeout = opts.timeout_or(120 + backlog / 100)
-    async with load.session(opts.amqp_url, "bench-stop-load", keep=True) as s:
-        collector = s.collector
-        collector.expect(ident for ident, _, _ in routes)
-        await s.publish.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
+    return Rig(sim, event, env)
 
-        def messages() -> Iterator[tuple[str, bytes, Basic.Properties]]:
-            for ident, key, body in routes:
+
+async def publish_backlog(s: load.Session, url: str, run: StopRun,
+                          messages: Iterable[tuple[str, bytes, Basic.Properties]],
+                          name: str) -> None:
+    """Publish the backlog (``messages``) to lovense.commands before the worker starts."""
+    await s.publish.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
+    began = time.time()
+    async with FastPublisher(url, name=f"{name}-backlog") as publisher:
+        await publisher.publish_messages(messages, topology.COMMANDS_EXCHANGE)
+        await publisher.wait_confirmed()
+    run.publish_s = time.time() - began
+    run.queued = await _queued(s)
+    print(f"  backlog published in {run.publish_s:.1f} s ({run.backlog / run.publish_s:.0f}/s); "
+          f"{run.queued} in the shard queues", flush=True)
+
+
+async def drive_stops(
+    s: load.Session, procs: Procs, opts: Options, run: StopRun, rig: Rig, name: str, *,
+    before_stop: Callable[[int], Awaitable[None]] | None = None,
+    finished: Callable[[], bool] | None = None,
+) -> Proc:
+    """Start the worker, send the Stops on a clock while it drains, wait for ``finished``.
+
+    ``before_stop(j)`` runs just before Stop j is stamped and published; ``finished``
+    (default: every expected result in) ends the wait. Return the worker, still running.
+    """
+    collector = s.collector
+    await sim_clear(rig.event["serverUrl"])
+    worker = await procs.worker(name, rig.env, gc_stats=opts.gc_stats)
+    run.ready_at = time.time()
+    watch = watcher(worker, rig.sim)
+    meter = CpuMeter({"worker": worker.pid, "simulator": rig.sim.pid})
+    meter.start()
+    # Stops on a clock, not on the results' progress: results stall while the worker
+    # is paused (garbage collection), so progress-triggered Stops would never land in
+    # a pause. The clock's span is set from the drain rate seen until the first Stop.
+    reason = await wait_until(lambda: run.done(collector) >= START_SHARE * run.backlog,
+                              run.timeout, watch, poll_s=0.05)
+    rate = run.done(collector) / max(0.001, time.time() - run.ready_at)
+    span = (END_SHARE - START_SHARE) * run.backlog / max(rate, 1.0)
+    rng = random.Random(SEED)
+    chosen = [run.uids[u] for u in rng.sample(range(run.users), run.stops_n)]
+    offsets = sorted(rng.uniform(0, span) for _ in range(run.stops_n))
+    run.stops_from = run.stops_to = time.time()
+    if reason is None:
+        async with Producer(opts.amqp_url) as producer:
+            t0 = time.monotonic()
+            for j, (uid, offset) in enumerate(zip(chosen, offsets, strict=True)):
+                await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
+                if (problem := watch()) is not None:
+                    reason = problem
+                    break
+                if before_stop is not None:
+                    await before_stop(j)
+                ident = f"{run.tag}-stop-{j}"
+                collector.expect([ident])
+                run.others.add(ident)
+                run.left_at.append(run.backlog - run.done(collector))
                 stamp = time.time_ns() // 1_000_000
-                stamps[ident] = stamp
-                yield key, body, load.properties(ident, stamp)
+                run.stop_stamps[ident] = (uid, stamp)
+                await producer.publish({"command": "Stop", "uid": uid}, message_id=ident,
+                                       headers={topology.PUBLISHED_MS_HEADER: stamp})
+                run.stops_to = time.time()
+                if j == 0:
+                    run.stops_from = run.stops_to
+    left = run.left_at
+    print(f"  {len(run.stop_stamps)} Stops published over {run.stops_to - run.stops_from:.1f} s, "
+          f"with {left[0] if left else '?'} to {left[-1] if left else '?'} backlog "
+          "commands unanswered", flush=True)
+    if reason is None:
+        reason = await wait_until(finished or collector.done.is_set, run.timeout, watch,
+                                  poll_s=0.2)
+    run.cpu = meter.stop()
+    await asyncio.sleep(load.LINGER_S)
+    run.drained_s = (collector.last_ms / 1000 - run.ready_at) if collector.received else None
+    run.reason = reason
+    return worker
 
-        began = time.time()
-        async with FastPublisher(opts.amqp_url, name="bench-stop-load-backlog") as publisher:
-            await publisher.publish_messages(messages(), topology.COMMANDS_EXCHANGE)
-            await publisher.wait_confirmed()
-        publish_s = time.time() - began
-        queued = await _queued(s)
-        print(f"  backlog published in {publish_s:.1f} s ({backlog / publish_s:.0f}/s); "
-              f"{queued} in the shard queues", flush=True)
-        await sim_clear(event["serverUrl"])
-        worker = await procs.worker("stop-load-worker", env, gc_stats=opts.gc_stats)
-        ready_at = time.time()
-        watch = watcher(worker, sim)
-        meter = CpuMeter({"worker": worker.pid, "simulator": sim.pid})
-        meter.start()
 
-        def done() -> int:  # backlog results in so far
-            return len(collector.received) - sum(1 for i in stop_stamps if i in collector.received)
-
-        # Stops on a clock, not on the results' progress: results stall while the worker
-        # is paused (garbage collection), so progress-triggered Stops would never land in
-        # a pause. The clock's span is set from the drain rate seen until the first Stop.
-        reason = await wait_until(lambda: done() >= START_SHARE * backlog, timeout, watch,
-                                  poll_s=0.05)
-        rate = done() / max(0.001, time.time() - ready_at)
-        span = (END_SHARE - START_SHARE) * backlog / max(rate, 1.0)
-        rng = random.Random(SEED)
-        chosen = [uids[u] for u in rng.sample(range(users), stops_n)]
-        offsets = sorted(rng.uniform(0, span) for _ in range(stops_n))
-        stops_from = stops_to = time.time()
-        left_at: list[int] = []
-        if reason is None:
-            async with Producer(opts.amqp_url) as producer:
-                t0 = time.monotonic()
-                for j, (uid, offset) in enumerate(zip(chosen, offsets, strict=True)):
-                    await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
-                    if (problem := watch()) is not None:
-                        reason = problem
-                        break
-                    ident = f"{tag}-stop-{j}"
-                    collector.expect([ident])
-                    left_at.append(backlog - done())
-                    stamp = time.time_ns() // 1_000_000
-                    stop_stamps[ident] = (uid, stamp)
-                    await producer.publish({"command": "Stop", "uid": uid}, message_id=ident,
-                                           headers={topology.PUBLISHED_MS_HEADER: stamp})
-                    stops_to = time.time()
-                    if j == 0:
-                        stops_from = stops_to
-        print(f"  {len(stop_stamps)} Stops published over {stops_to - stops_from:.1f} s, with "
-              f"{left_at[0] if left_at else '?'} to {left_at[-1] if left_at else '?'} backlog "
-              "commands unanswered", flush=True)
-        if reason is None:
-            reason = await wait_until(collector.done.is_set, timeout, watch, poll_s=0.2)
-        cpu = meter.stop()
-        await asyncio.sleep(load.LINGER_S)
-        drained_s = (collector.last_ms / 1000 - ready_at) if collector.received else None
+async def run(procs: Procs, opts: Options) -> Outcome:
+    """Backlog, worker, Stops under load; then latencies and ordering from the simulator."""
+    plan = StopRun.plan(opts, "sl")
+    print(f"  backlog {plan.backlog} commands for {plan.users} users, published before the "
+          f"worker starts; {plan.stops_n} Stops at random times while (about) "
+          f"{START_SHARE:.0%} to {END_SHARE:.0%} of the backlog's results come in; simulator "
+          f"{plan.delay_ms} ms, recording", flush=True)
+    rig = await start(procs, opts, plan)
+    async with load.session(opts.amqp_url, "bench-stop-load", keep=True) as s:
+        s.collector.expect(ident for ident, _, _ in plan.routes)
+        await publish_backlog(s, opts.amqp_url, plan, plan.messages(), "bench-stop-load")
+        worker = await drive_stops(s, procs, opts, plan, rig, "stop-load-worker")
     text = await scrape(worker)
     memory = worker.memory_kb()
-    requests = await sim_requests(event["serverUrl"])
+    requests = await sim_requests(rig.event["serverUrl"])
     code = await procs.stop(worker)
-    await procs.stop(sim)
-    data = _analyse(routes, stamps, stop_stamps, collector, requests, backlog, users)
+    await procs.stop(rig.sim)
+    data = figures(plan, rig, worker, s.collector, text, memory, requests, code)
+    return Outcome("stop_load", data, table(data), all(data["checks"].values()))
+
+
+def figures(run: StopRun, rig: Rig, worker: Proc, collector: load.Collector, text: str,
+            memory: dict[str, int], requests: list[Any], code: int | None) -> dict[str, Any]:
+    """Return the run's figures, checks and targets (results.json's ``stop_load`` shape)."""
+    data = _analyse(run.routes, run.stamps, run.stop_stamps, collector, requests, run.backlog,
+                    run.users)
     gc_line = next((line for line in worker.log_lines()
                     if line.startswith('{"event": "bench_gc_stats')), None)
     data["gc"] = _gc_overlap(json.loads(gc_line), data["stops_detail"]) if gc_line else None
     stop_hist = histogram(text, "lovense_worker_stop_seconds")
+    cpu, left_at, drained_s = run.cpu, run.left_at, run.drained_s
     data.update({
-        "backlog": backlog,
-        "users": users,
+        "backlog": run.backlog,
+        "users": run.users,
         "commands_per_user": PER_USER,
         "published": "before the worker started",
-        "backlog_publish_s": round(publish_s, 1),
-        "backlog_in_queues_at_start": queued,
-        "stops": stops_n,
-        "stops_spread_s": round(stops_to - stops_from, 1),
+        "backlog_publish_s": round(run.publish_s, 1),
+        "backlog_in_queues_at_start": run.queued,
+        "stops": run.stops_n,
+        "stops_spread_s": round(run.stops_to - run.stops_from, 1),
         "stops_from_to_share_of_results": [START_SHARE, END_SHARE],
         "backlog_unanswered_at_stops": [left_at[0], left_at[-1]] if left_at else None,
-        "simulator_delay_ms": delay_ms,
-        "worker_env": recorded_env(env),
+        "simulator_delay_ms": run.delay_ms,
+        "worker_env": recorded_env(rig.env),
         "worker_ready_s": None if worker.ready_s is None else round(worker.ready_s, 2),
         "drain_s": None if drained_s is None else round(drained_s, 1),
-        "commands_per_s": None if not drained_s else round(backlog / drained_s, 1),
-        "worker_cpu_ms_per_command": None if cpu["worker"] is None
-            else round(cpu["worker"] * 1000 / backlog, 3),
-        "machine_busy_share": None if cpu["machine_busy_share"] is None
-            else round(cpu["machine_busy_share"], 3),
+        "commands_per_s": None if not drained_s else round(run.backlog / drained_s, 1),
+        "worker_cpu_ms_per_command": None if cpu.get("worker") is None
+            else round((cpu["worker"] or 0.0) * 1000 / run.backlog, 3),
+        "machine_busy_share": None if cpu.get("machine_busy_share") is None
+            else round(cpu["machine_busy_share"] or 0.0, 3),
         "upstream_calls_metric": metric(text, "lovense_worker_upstream_requests_total"),
         "worker_memory_mb_at_end": {k: round(v / 1024, 1) for k, v in memory.items()},
         "stop_seconds_metric": stop_hist,
         "stop_seconds_metric_share_within_0_25": histogram_share_within(stop_hist, 0.25),
         "stop_seconds_metric_share_within_0_5": histogram_share_within(stop_hist, 0.5),
         "exit_code": code,
-        "failure": reason,
+        "failure": run.reason,
         "log_file": str(worker.log),
     })
     data["checks"]["worker exited 0"] = code == 0
-    data["checks"]["no run failure"] = reason is None
+    data["checks"]["no run failure"] = run.reason is None
     p99 = data["stop_latency_ms"]["p99"]
     p99_met = None if p99 is None or data["stops_not_seen"] else p99 <= TARGET_P99_MS
     order_met = data["late_older_commands"] == 0
@@ -232,7 +313,7 @@ async def run(procs: Procs, opts: Options) -> Outcome:
                   "met": order_met},
         "met": bool(p99_met and order_met),
     }
-    return Outcome("stop_load", data, table(data), all(data["checks"].values()))
+    return data
 
 
 def _gc_overlap(gc: dict[str, Any], stops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -334,8 +415,9 @@ def _analyse(routes: list[tuple[str, str, bytes]], stamps: dict[str, int],
     }
     plain_calls = [len(got) for _, req, got in calls if req.body.get("action") != "Stop"]
     checks = {
-        "every command and Stop has one result": len(collector.received)
-            == backlog + len(stop_stamps) and collector.duplicates == 0,
+        "every command and Stop has one result": collector.duplicates == 0
+            and all(i in collector.received for i, _, _ in routes)
+            and all(i in collector.received for i in stop_stamps),
         "every Stop ok": stop_status.get("ok", 0) == len(stop_stamps),
         "Stop'd users' commands: ok before the Stop or superseded by it": set(stopped_cmds)
             <= {"ok", "superseded by its Stop"},
@@ -366,6 +448,11 @@ def _analyse(routes: list[tuple[str, str, bytes]], stamps: dict[str, int],
 
 def table(data: dict[str, Any]) -> str:
     """Return the scenario's figures as text."""
+    return "\n".join(figure_lines(data) + check_lines(data))
+
+
+def figure_lines(data: dict[str, Any]) -> list[str]:
+    """Return the table's lines of figures (``stop_poison`` adds its own after them)."""
     lat = data["stop_latency_ms"]
     res = data["stop_publish_to_result_ms"]
     t = data["target"]
@@ -412,7 +499,12 @@ def table(data: dict[str, Any]) -> str:
             lines.append(f"  Stop at +{stop['at_s']} s: {stop['to_simulator_ms']} ms to the "
                          f"simulator, {fmt(stop['to_worker_received_ms'])} ms to the worker; GC "
                          f"pauses during it: {stop['gc_pauses_ms'] or 'none'} ms")
-    lines += [f"check: {name}: {'yes' if good else 'NO'}" for name, good in data["checks"].items()]
+    return lines
+
+
+def check_lines(data: dict[str, Any]) -> list[str]:
+    """Return the table's closing lines: every check, and why the run failed if it did."""
+    lines = [f"check: {name}: {'yes' if good else 'NO'}" for name, good in data["checks"].items()]
     if data["failure"]:
         lines.append(f"FAILED: {data['failure']} (log: {data['log_file']})")
-    return "\n".join(lines)
+    return lines
