@@ -198,3 +198,34 @@ class WorkerProcess:
         if self.process.returncode is None:
             self.process.send_signal(sig)
         return await asyncio.wait_for(self.process.wait(), wait)
+
+
+class ResultRecorder(ResultLog):
+    """A ResultLog that also keeps each result's AMQP ``message_id`` and every result in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message_ids: dict[str, str | None] = {}
+        self.history: list[Result] = []
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            result = result_decoder.decode(message.body)
+        except msgspec.ValidationError:
+            return
+        self.history.append(result)
+        self.message_ids[result.id] = message.message_id
+        await super().on_message(message)
+
+
+async def ready_messages(names: list[str]) -> dict[str, int]:
+    """Return how many messages wait in each queue (a closed consumer's unacked ones are back)."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        counts: dict[str, int] = {}
+        for name in names:
+            queue = await channel.declare_queue(name, passive=True)
+            result = queue.declaration_result
+            counts[name] = int(result.message_count or 0)
+        return counts
