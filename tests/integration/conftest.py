@@ -15,10 +15,10 @@ from tests.integration.support import (
     AMQP_URL,
     Listener,
     ResultLog,
+    capturing_results,
     purge_topology,
     worker_settings,
 )
-from worker import topology
 from worker.app import Worker
 from worker.producer import Producer
 from worker.simulator import SIMULATOR_TOKEN, Simulator
@@ -47,14 +47,7 @@ async def worker(sim: Simulator, clean_broker: None) -> AsyncIterator[Worker]:
 
 @pytest.fixture
 async def results(clean_broker: None) -> AsyncIterator[ResultLog]:
-    log = ResultLog()
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(topology.RESULTS_EXCHANGE)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key="#")
-        await queue.consume(log.on_message, no_ack=True)
+    async with capturing_results(ResultLog()) as log:
         yield log
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 import httpx
@@ -52,6 +54,22 @@ class ResultLog:
                 self._changed.clear()
                 await self._changed.wait()
         return self.by_id[ident]
+
+
+LogT = TypeVar("LogT", bound=ResultLog)
+
+
+@contextlib.asynccontextmanager
+async def capturing_results(log: LogT) -> AsyncIterator[LogT]:
+    """Feed every result published to lovense.results into ``log`` while the block runs."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topology.RESULTS_EXCHANGE)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="#")
+        await queue.consume(log.on_message, no_ack=True)
+        yield log
 
 
 async def purge_topology(url: str) -> None:

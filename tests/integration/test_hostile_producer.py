@@ -23,6 +23,7 @@ from tests.integration.support import (
     SHARDS,
     ResultLog,
     ResultRecorder,
+    capturing_results,
     dead_letters,
     ready_messages,
     worker_settings,
@@ -216,14 +217,7 @@ async def ordinary_traffic_flows(sim: Simulator, producer: Producer, results: Re
 @pytest.fixture
 async def recorded(clean_broker: None) -> AsyncIterator[ResultRecorder]:
     """Every result, with its AMQP message_id, while the test runs."""
-    log = ResultRecorder()
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(topology.RESULTS_EXCHANGE)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key="#")
-        await queue.consume(log.on_message, no_ack=True)
+    async with capturing_results(ResultRecorder()) as log:
         yield log
 
 
