@@ -226,7 +226,12 @@ class Runtime:
             room = await self._wide_room.enter(len(cmd.targets))
         else:
             self.scheduler.note_stop(seen)
-        self._submit_stop(message)
+        try:
+            self._submit_stop(message)
+        except BaseException:
+            if room:
+                self._wide_room.leave(room)
+            raise
         return room
 
     async def _again(self, prior: Prior, digest: bytes, delivery: Delivery, cmd: Command,
