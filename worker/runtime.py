@@ -185,6 +185,7 @@ class Runtime:
         )
         if isinstance(cmd, Forget):
             return await self._forget(message)
+        del cmd, admitted  # from here on message.cmd, which a waiting wide Stop lightens
         self._messages.add(message)
         if not stop:
             self._recent.running(ident, message.future, digest)
@@ -223,7 +224,13 @@ class Runtime:
                     seen, cmd.targets, toys_of(cmd), message.published_ms, message.ident):
                 self._finish_unsent(finished)
             self._wake.set()
-            room = await self._wide_room.enter(len(cmd.targets))
+            # While it waits, a wide Stop holds its body, not thousands of decoded user ids:
+            # a burst of them would otherwise hold (and fragment) tens of megabytes.
+            users = len(cmd.targets)
+            message.cmd = msgspec.structs.replace(cmd, uids=[])
+            del cmd
+            room = await self._wide_room.enter(users)
+            message.cmd = intake.admit(message.delivery.body, self._caps).cmd
         else:
             self.scheduler.note_stop(seen)
         try:

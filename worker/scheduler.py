@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from worker.ratelimit import Limit, TokenBucket
-from worker.watermarks import Watermarks
+from worker.watermarks import Mark, Watermarks
 
 JobClass = Literal["replace", "queue", "ordered", "stop"]
 Route = Literal["lan", "server"]
@@ -129,8 +129,8 @@ class Scheduler:
         self._stops_inflight: dict[str, list[Job]] = {}
         self._buckets: dict[tuple[str, Route], TokenBucket] = {}
         self._marks = Watermarks(limits.watermark_bytes)
-        # One Stop message's toys, as the frozenset its users' marks share.
-        self._toyset: tuple[Toys, frozenset[str] | None] = (None, None)
+        # The mark of the Stop whose users are being marked: one Mark for all of them.
+        self._mark: tuple[Toys, float, str, Mark] | None = None
         self._last_route: dict[str, dict[Route, float]] = {}
         self._wake: list[tuple[float, int, str, Any]] = []
         self._deadlines: list[tuple[float, int, Job]] = []
@@ -348,18 +348,18 @@ class Scheduler:
             self._forget_if_idle(key)
         return [Finished(j, status, by) for j in removed]
 
-    def _frozen(self, toys: Toys) -> frozenset[str] | None:
-        # The shares of one message hold the same tuple: freeze it once, not once a user.
-        if toys is None:
-            return None
-        if self._toyset[0] is not toys:
-            self._toyset = (toys, frozenset(toys))
-        return self._toyset[1]
+    def _mark_of(self, toys: Toys, published_ms: float, ident: str) -> Mark:
+        # The shares of one message hold the same toys tuple: one Mark, not one a user.
+        last = self._mark
+        if last is None or last[0] is not toys or last[1] != published_ms or last[2] != ident:
+            mark = Mark(published_ms, ident, None if toys is None else frozenset(toys))
+            last = self._mark = (toys, published_ms, ident, mark)
+        return last[3]
 
     def _apply_watermark(
         self, uid: str, toys: Toys, published_ms: float, ident: str
     ) -> list[Finished]:
-        self._marks.raise_mark(uid, self._frozen(toys), published_ms, ident)
+        self._marks.raise_mark(uid, self._mark_of(toys, published_ms, ident))
         finished: list[Finished] = []
         for key in list(self._uid_keys.get(uid, ())):
             if overlaps(key[1], toys):

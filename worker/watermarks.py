@@ -1,9 +1,10 @@
 """Stop watermarks: per user, the latest Stop for each set of toys, within a memory budget.
 
 Pure, no clock of its own. A watermark is a Stop's publish time: every command
-for an overlapping toy published no later than it is cancelled. A Stop's toy
-set is one shared ``frozenset`` for all of its users, so a Stop for 10,000 users
-and 32 toys costs 10,000 small marks, not 320,000.
+for an overlapping toy published no later than it is cancelled. A Stop's mark
+(time, id, toys) is one object shared by all of its users, so a Stop for 10,000
+users and 32 toys costs 10,000 list slots, not 320,000 marks: a burst of wide
+Stops leaves few small objects behind to pin the memory it passed through.
 
 Over its budget, a user's marks merge into one mark for every toy at the latest
 of their times: the merged mark covers at least what each covered (a Stop wins
@@ -24,13 +25,26 @@ MARK_BYTES: Final = 120
 MARKS_PER_UID: Final = 8
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class Mark:
-    """One Stop as a user's watermark: its publish time, id and toys (None: every toy)."""
+    """One Stop as a watermark: its publish time, id and toys (None: every toy).
+
+    Shared by every user the Stop names, so never changed once made.
+    """
 
     ms: float
     ident: str
     toys: frozenset[str] | None
+    #: The same Stop for every toy, made once when users' marks merge into it.
+    _everything: Mark | None = None
+
+    def everything(self) -> Mark:
+        """Return this Stop's mark widened to every toy (self, when it is one already)."""
+        if self.toys is None:
+            return self
+        if self._everything is None:
+            self._everything = Mark(self.ms, self.ident, None)
+        return self._everything
 
 
 def _covers(mark: Mark, toys: Iterable[str] | None) -> bool:
@@ -56,16 +70,16 @@ class Watermarks:
         """Return the estimated memory the marks take."""
         return self._count * MARK_BYTES
 
-    def raise_mark(self, uid: str, toys: frozenset[str] | None, ms: float, ident: str) -> None:
-        """Record a Stop for ``uid``'s ``toys`` (None: every toy) published at ``ms``."""
+    def raise_mark(self, uid: str, mark: Mark) -> None:
+        """Record a Stop's ``mark`` for ``uid`` (the same Mark for every user of one Stop)."""
         marks = self._by_uid.get(uid)
         if marks is None:
-            self._by_uid[uid] = [Mark(ms, ident, toys)]
+            self._by_uid[uid] = [mark]
             self._count += 1
         else:
             self._by_uid.move_to_end(uid)
             self._count -= len(marks)
-            marks = self._merge_into(marks, Mark(ms, ident, toys))
+            marks = self._merge_into(marks, mark)
             if len(marks) > MARKS_PER_UID:
                 marks = [_merged(marks)]
             self._by_uid[uid] = marks
@@ -102,10 +116,10 @@ class Watermarks:
         if new.toys is None:
             # A later mark for every toy covers every earlier one.
             marks = [m for m in marks if m.ms > new.ms]
-        for mark in marks:
+        for index, mark in enumerate(marks):
             if mark.toys == new.toys:
                 if new.ms > mark.ms:
-                    mark.ms, mark.ident = new.ms, new.ident
+                    marks[index] = new
                 return marks
         marks.append(new)
         return marks
@@ -125,5 +139,4 @@ class Watermarks:
 
 
 def _merged(marks: list[Mark]) -> Mark:
-    latest = max(marks, key=lambda m: m.ms)
-    return Mark(latest.ms, latest.ident, None)
+    return max(marks, key=lambda m: m.ms).everything()
