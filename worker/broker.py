@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -93,6 +94,9 @@ async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractEx
 
 
 _FLOAT_MAX: Final = 3.4e38
+#: Failures that mean the broker connection or a channel went away, not a bad message.
+_CONNECTION_ERRORS: Final = (aio_pika.exceptions.AMQPError, ConnectionError,
+                             aiormq.exceptions.ChannelInvalidStateError)
 
 
 def wire_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -395,14 +399,14 @@ class Broker:
             try:
                 handled = await self._handle(delivery)
             except Exception as exc:
-                if self._gone(message):
+                if self._gone(message, exc):
                     raise
                 log.error("delivery_crashed", error=repr(exc), exc_info=exc)
                 self._metrics.child(self._metrics.settle_fallbacks, "crashed").inc()
                 handled = self._crashed(delivery, exc)
             await self._settle(message, handled)
         except Exception as exc:
-            if self._gone(message):
+            if self._gone(message, exc):
                 # The channel went away: the message comes back after the reconnect and is
                 # answered from the memory of finished ids, without a second call.
                 log.info("delivery_abandoned", error=repr(exc))
@@ -413,17 +417,26 @@ class Broker:
             self._inflight.discard(task)
             structlog.contextvars.clear_contextvars()
 
-    def _gone(self, message: AbstractIncomingMessage) -> bool:
-        """Return whether the delivery's channel or connection is lost (it cannot be settled)."""
+    def _gone(self, message: AbstractIncomingMessage, error: BaseException) -> bool:
+        """Return whether ``error`` means a lost channel or connection, not a bad message.
+
+        Then the delivery cannot be settled here (or must not be: the result may not
+        have gone out); RabbitMQ hands it out again after the reconnect. A Stop-lane
+        delivery's channel can be open while the publishing connection is gone.
+        """
+        if isinstance(error, RecursionError):
+            return False  # a RuntimeError, but the message's fault
         channel = getattr(message, "channel", None)
-        return self._lost.is_set() or bool(getattr(channel, "is_closed", False))
+        return (self._lost.is_set() or bool(getattr(channel, "is_closed", False))
+                or isinstance(error, _CONNECTION_ERRORS)
+                or (self._publisher is not None and self._publisher.is_closed))
 
     async def _settle(self, message: AbstractIncomingMessage, handled: Handled) -> None:
         """Publish the result, dead-letter if asked, then ack."""
         try:
             await self.publish_result(handled.result, message.reply_to, message.correlation_id)
         except Exception as exc:
-            if self._gone(message):
+            if self._gone(message, exc):
                 raise
             # Never a second call for this identity: a result that can be published instead.
             log.error("result_unpublishable", error=repr(exc))

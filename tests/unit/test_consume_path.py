@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -190,3 +191,33 @@ def test_a_result_whose_id_cannot_travel_as_message_id_is_published_without_it()
     assert (result_decoder.decode(outgoing.body).id,
             result_decoder.decode(outgoing.body).message) == (ident, "id: longer than 255 bytes")
     assert dead.published[0][0].headers["x-lovense-error"] == "id: longer than 255 bytes"
+
+
+@dataclass
+class GoneExchange(FakeExchange):
+    """An exchange whose connection went away: publishing fails as aiormq says it does."""
+
+    async def publish(self, message: aio_pika.Message, routing_key: str,
+                      mandatory: bool = False) -> None:
+        raise aiormq.exceptions.ChannelInvalidStateError("writer is None")
+
+
+def test_a_lost_publishing_connection_leaves_the_delivery_for_redelivery() -> None:
+    """When results cannot go out because the broker went away, nothing is rejected or acked."""
+    message = FakeIncoming(msgspec.json.encode({"command": "Stop", "uid": "u", "id": "s"}),
+                           {"x-lovense-published-ms": int(epoch_ms())})
+
+    async def scenario() -> tuple[FakeExchange, FakeExchange]:
+        config = runtime_settings()
+        runtime = Runtime(config, Dispatcher(config, GatedUpstream(), Metrics()), Metrics())
+        runtime.start()
+        broker, _results, dead = make_broker(runtime, crash=False)
+        gone = GoneExchange()
+        broker._results = gone  # type: ignore[assignment]
+        await broker._process(message, "stop")  # type: ignore[arg-type]
+        await runtime.close()
+        return gone, dead
+
+    gone, dead = asyncio.run(scenario())
+    assert (message.acks, message.rejects) == (0, 0)
+    assert gone.published == [] and dead.published == []
