@@ -135,10 +135,17 @@ async def run_scenario(name: str, sim: Simulator, results: DurableResults, fault
     # A repeat comes only from a redelivery (an ack lost with a killed worker or a closed
     # connection) or a producer's retry, and says the same as the first, but redelivered.
     # After a SIGKILL the new process has no memory of what was in flight: those may
-    # run again and answer differently (counted above as explained duplicates).
+    # run again and answer differently (counted above as explained duplicates). A Stop is
+    # never answered from memory: a redelivered one is sent again, so only its times and
+    # attempts may differ.
     for sent in load.sent if not killed else ():
         first, *repeats = results.all.get(sent.ident, [None])
         for repeat in repeats:
+            if sent.stop:
+                assert first is not None and repeat.redelivered
+                repeat = msgspec.structs.replace(
+                    repeat, receivedAt=first.receivedAt, completedAt=first.completedAt,
+                    attempts=first.attempts)
             assert repeat == msgspec.structs.replace(first, redelivered=repeat.redelivered)
     return report
 
