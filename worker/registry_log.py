@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -56,6 +57,9 @@ _LOG_OFFSET = "x-lovense-log-offset"
 _AT = "x-lovense-snapshot-ms"
 #: Start-up looks for the newest snapshot this many intervals back before reading it all.
 SNAPSHOT_LOOKBACK_INTERVALS: Final = 2
+#: Failures that mean the broker went away, not that the message is bad.
+_CONNECTION_ERRORS: Final = (aio_pika.exceptions.AMQPError, ConnectionError,
+                             aiormq.exceptions.ChannelInvalidStateError)
 #: Snapshot chunks in flight while loading one (each up to SNAPSHOT_CHUNK users).
 SNAPSHOT_PREFETCH: Final = 4
 
@@ -160,11 +164,11 @@ class RegistryLog:
                         await dead_letter(message, f"callback refused: {reason}", "callback")
                 await message.ack()
             except Exception as exc:  # noqa: BLE001 - settle it somehow, or leave it to a redelivery
-                if not message.channel.is_closed:
+                if message.channel.is_closed or isinstance(exc, _CONNECTION_ERRORS):
+                    log.info("callback_abandoned", error=repr(exc))  # redelivered later
+                else:
                     log.exception("callback_rejected")
                     await message.reject(requeue=False)  # the queue's dead-letter exchange
-                else:
-                    log.info("callback_abandoned", error=repr(exc))
 
         await queue.consume(validate)
         await self._watch_snapshots()
