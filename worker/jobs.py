@@ -12,7 +12,7 @@ from typing import Any
 from worker import topology
 from worker.messages import Command, Function
 from worker.rules import is_stop
-from worker.scheduler import Job, JobClass
+from worker.scheduler import Job, JobClass, W
 
 
 def job_class(cmd: Command) -> JobClass:
@@ -61,6 +61,6 @@ def toys_of(cmd: Command) -> tuple[str, ...] | None:
     return tuple(sorted({cmd.toy} if isinstance(cmd.toy, str) else set(cmd.toy)))
 
 
-def toy_list(job: Job) -> list[str] | None:
+def toy_list(job: Job[W]) -> list[str] | None:
     """Return a job's toy ids as the list a Lovense body takes."""
     return list(job.toys) if job.toys is not None else None

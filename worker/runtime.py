@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import structlog
@@ -78,6 +78,35 @@ class _Message:
     lan_slots: asyncio.Semaphore | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One user's share of a command message, on its planned route."""
+
+    message: _Message
+    uid: str
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class StopShare:
+    """One user's share of a Stop: every route it goes out on."""
+
+    message: _Message
+    uid: str
+    plans: list[Plan]
+
+
+#: What the scheduler's jobs carry for the runtime (a follow-up Stop carries none: it
+#: names the job it follows).
+Work = Share | StopShare
+WorkJob = Job[Work]
+
+
+def _share(job: WorkJob) -> Share:
+    assert isinstance(job.payload, Share), job.payload
+    return job.payload
+
+
 def _clamped(stamp: float | None, now_ms: float) -> float:
     """Return a message's publish time: its stamp, but never later than it arrived.
 
@@ -112,8 +141,8 @@ class Runtime:
             watermark_bytes=settings.watermark_bytes,
         )
         self._caps = settings.caps
-        self.scheduler = Scheduler(limits, clock_ms)
-        self._batcher: Batcher[Job] = Batcher(
+        self.scheduler: Scheduler[Work] = Scheduler(limits, clock_ms)
+        self._batcher: Batcher[WorkJob] = Batcher(
             settings.batch_window_ms, settings.max_uids_per_call, clock_ms
         )
         cap = Limit(settings.server_max_rps, max(1.0, settings.server_max_rps))
@@ -124,14 +153,14 @@ class Runtime:
         self._messages: set[_Message] = set()
         self._loop: asyncio.Task[None] | None = None
         self._recent = Recent(settings.recent_ids, settings.recent_bytes)
-        self._stops: deque[Job] = deque()
-        self._wide_stops: deque[Job] = deque()
+        self._stops: deque[WorkJob] = deque()
+        self._wide_stops: deque[WorkJob] = deque()
         self._stop_runners = 0
         self._wide_room = Room(settings.wide_stop_users)
         #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
-        self.announce_stop: Callable[[Delivery], Coroutine[Any, Any, None]] | None = None
+        self.announce_stop: Callable[[Delivery], Coroutine[object, object, None]] | None = None
         #: Set by the broker: writes a tombstone for a uid to the callback log.
-        self.announce_forget: Callable[[str], Coroutine[Any, Any, None]] | None = None
+        self.announce_forget: Callable[[str], Coroutine[object, object, None]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -324,9 +353,10 @@ class Runtime:
             if isinstance(plan, Outcome):
                 self._end(message, ShareEnd(uid, plan))
                 continue
-            job = Job(ident=message.ident, uid=uid, toys=toys, cls="ordered" if multi else cls,
-                      route=plan.route, published_ms=message.published_ms,
-                      deadline_ms=deadline, payload=(message, uid, plan), multi=multi)
+            job: WorkJob = Job(
+                ident=message.ident, uid=uid, toys=toys, cls="ordered" if multi else cls,
+                route=plan.route, published_ms=message.published_ms, deadline_ms=deadline,
+                payload=Share(message, uid, plan), multi=multi)
             for finished in self.scheduler.submit(job):
                 self._finish_unsent(finished)
 
@@ -350,9 +380,9 @@ class Runtime:
                 self._end(message, ShareEnd(uid, plan))
                 continue
             plans = shared.setdefault(tuple(plans), plans)
-            job = Job(ident=message.ident, uid=uid, toys=toys, cls="stop",
-                      route=plans[0].route, published_ms=message.published_ms,
-                      payload=(message, uid, plans), multi=multi)
+            job: WorkJob = Job(ident=message.ident, uid=uid, toys=toys, cls="stop",
+                               route=plans[0].route, published_ms=message.published_ms,
+                               payload=StopShare(message, uid, plans), multi=multi)
             for finished in self.scheduler.submit(job):
                 self._finish_unsent(finished)
 
@@ -380,7 +410,7 @@ class Runtime:
             if timer is not None:
                 timer.cancel()
 
-    def _spawn(self, work: Coroutine[Any, Any, None], jobs: list[Job]) -> None:
+    def _spawn(self, work: Coroutine[object, object, None], jobs: list[WorkJob]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
 
@@ -397,7 +427,7 @@ class Runtime:
 
         task.add_done_callback(done)
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: WorkJob) -> None:
         if job.cls == "stop":
             # Shares of multi-user Stops queue behind single-user ones: a Stop for 10,000
             # users must not make a Stop for one wait.
@@ -407,7 +437,8 @@ class Runtime:
                 self._stop_runners += 1
                 self._spawn(self._run_stops(), [])
             return
-        message, _uid, plan = job.payload
+        share = _share(job)
+        message, plan = share.message, share.plan
         self._metrics.child(self._metrics.rate_limit_wait, plan.route).observe(
             max(0.0, self._clock_ms() - message.accepted_ms) / 1000
         )
@@ -420,7 +451,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ calls
 
-    def _still_wanted(self, jobs: list[Job]) -> list[Job]:
+    def _still_wanted(self, jobs: list[WorkJob]) -> list[WorkJob]:
         """Drop shares that expired or were overtaken by a Stop while they waited to go out."""
         now, live = self._clock_ms(), []
         for job in jobs:
@@ -443,32 +474,33 @@ class Runtime:
             while not self._server_cap.take(self._clock_ms()):
                 await asyncio.sleep(self._server_cap.wait_ms(self._clock_ms()) / 1000)
 
-    async def _send_server(self, jobs: list[Job]) -> None:
+    async def _send_server(self, jobs: list[WorkJob]) -> None:
         await self._take_server_slot()
         live = self._still_wanted(jobs)
         if not live:
             return
-        message: _Message = live[0].payload[0]
+        message = _share(live[0]).message
         deadline = min(job.deadline_ms for job in live)
         outcome = await self._dispatcher.server(message.cmd, [job.uid for job in live], deadline)
         self._metrics.batch_uids.observe(len(live))
-        for carried in {job.payload[0] for job in live}:
+        for carried in {_share(job).message for job in live}:
             carried.calls += outcome.attempts
         for job in live:
-            plan: Plan = job.payload[2]
+            plan = _share(job).plan
             if plan.fallback:
                 self._metrics.child(self._metrics.fallbacks, message.cmd.kind).inc()
             self._settle(job, replace(outcome, fallback=True) if plan.fallback else outcome)
 
-    async def _send_lan(self, job: Job) -> None:
-        message, _uid, plan = job.payload
+    async def _send_lan(self, job: WorkJob) -> None:
+        share = _share(job)
+        message, plan = share.message, share.plan
         if message.lan_slots is not None:
             async with message.lan_slots:
                 await self._send_lan_now(job, message, plan)
         else:
             await self._send_lan_now(job, message, plan)
 
-    async def _send_lan_now(self, job: Job, message: _Message, plan: Plan) -> None:
+    async def _send_lan_now(self, job: WorkJob, message: _Message, plan: Plan) -> None:
         if not self._still_wanted([job]):
             return
         assert plan.address is not None
@@ -490,7 +522,7 @@ class Runtime:
                 return
         self._settle(job, outcome)
 
-    def _may_fall_back(self, message: _Message, job: Job) -> bool:
+    def _may_fall_back(self, message: _Message, job: WorkJob) -> bool:
         cmd = message.cmd
         return (
             cmd.mode == "auto" and bool(self._settings.developer_token)
@@ -512,17 +544,18 @@ class Runtime:
         finally:
             self._stop_runners -= 1
 
-    async def _send_stop(self, job: Job) -> None:
+    async def _send_stop(self, job: WorkJob) -> None:
         give_up_at = time.monotonic() + self._settings.stop_retry_s
-        if isinstance(job.payload, tuple) and job.payload[0] == "followup":
-            _tag, (_message, uid, plan) = job.payload
-            plans = plan if isinstance(plan, list) else [plan]
-            await asyncio.gather(*(self._dispatcher.stop(uid, toy_list(job), p, give_up_at)
-                                   for p in plans))
+        if job.follows is not None:
+            # A Stop learned from the log, after this replica's own call settled: on that
+            # call's route; nothing of ours waits for its answer.
+            plan = _share(job.follows).plan
+            await self._dispatcher.stop(job.uid, toy_list(job), plan, give_up_at)
             self.scheduler.settled(job)
             self._wake.set()
             return
-        message, uid, plans = job.payload
+        assert isinstance(job.payload, StopShare), job.payload
+        message, uid, plans = job.payload.message, job.payload.uid, job.payload.plans
         outcomes = await asyncio.gather(
             *(self._dispatcher.stop(uid, toy_list(job), p, give_up_at) for p in plans)
         )
@@ -535,19 +568,17 @@ class Runtime:
 
     # ------------------------------------------------------------------ endings
 
-    def _settle(self, job: Job, outcome: Outcome, superseded_by: str | None = None) -> None:
+    def _settle(self, job: WorkJob, outcome: Outcome, superseded_by: str | None = None) -> None:
         self.scheduler.settled(job)
-        if job.payload is not None and not (isinstance(job.payload, tuple)
-                                            and job.payload[0] == "followup"):
-            message, uid = job.payload[0], job.payload[1]
-            self._end(message, ShareEnd(uid, outcome, superseded_by))
+        if job.payload is not None:  # a follow-up Stop answers no message of its own
+            self._end(job.payload.message, ShareEnd(job.payload.uid, outcome, superseded_by))
         self._wake.set()
 
-    def _finish_unsent(self, finished: Finished) -> None:
+    def _finish_unsent(self, finished: Finished[Work]) -> None:
         job = finished.job
-        if not isinstance(job.payload, tuple) or job.payload[0] == "followup":
+        if job.payload is None:
             return
-        message, uid = job.payload[0], job.payload[1]
+        message, uid = job.payload.message, job.payload.uid
         if finished.status == "superseded":
             self._metrics.child(self._metrics.coalesced, message.cmd.kind).inc()
             words = f"superseded by {finished.by}"

@@ -32,12 +32,14 @@ import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 from worker.ratelimit import Limit, TokenBucket
 from worker.watermarks import Mark, Watermarks
 
 JobClass = Literal["replace", "queue", "ordered", "stop"]
+#: What a job carries for its owner (the runtime's share of a message); opaque here.
+W = TypeVar("W")
 Route = Literal["lan", "server"]
 Toys = tuple[str, ...] | None
 Key = tuple[str, Toys]
@@ -53,7 +55,7 @@ _STALE_DEADLINES: Final = 1024
 
 
 @dataclass(eq=False, slots=True)
-class Job:
+class Job(Generic[W]):
     """One user's share of one command message, as the scheduler sees it."""
 
     ident: str
@@ -63,12 +65,14 @@ class Job:
     route: Route
     published_ms: float
     deadline_ms: float = float("inf")
-    payload: Any = None
+    payload: W | None = None
     multi: bool = False
     seq: int = 0
     state: Literal["new", "pending", "sent", "done"] = "new"
     #: Remote Stops that arrived while this job's call was in flight.
     followups: list[tuple[str, float]] | None = None
+    #: For a follow-up Stop: the job whose settled call it follows (its payload says where).
+    follows: Job[W] | None = None
 
     @property
     def key(self) -> Key:
@@ -77,20 +81,20 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(Generic[W]):
     """A job the scheduler finished without sending it."""
 
-    job: Job
+    job: Job[W]
     status: FinishStatus
     by: str | None = None
 
 
 @dataclass(slots=True)
-class Tick:
+class Tick(Generic[W]):
     """What to do now: jobs to send, jobs finished unsent, and when to poll again."""
 
-    send: list[Job]
-    finished: list[Finished]
+    send: list[Job[W]]
+    finished: list[Finished[W]]
     wake_ms: float | None
 
 
@@ -111,31 +115,31 @@ def overlaps(a: Toys, b: Toys) -> bool:
 
 
 @dataclass(slots=True)
-class _KeyState:
-    pending: deque[Job] = field(default_factory=deque)
-    inflight: Job | None = None
+class _KeyState(Generic[W]):
+    pending: deque[Job[W]] = field(default_factory=deque)
+    inflight: Job[W] | None = None
 
 
-class Scheduler:
+class Scheduler(Generic[W]):
     """Decide, per key, what is sent when, and what is never sent."""
 
     def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
         self._limits = limits
         self._clock = clock
         self._seq = itertools.count(1)
-        self._keys: dict[Key, _KeyState] = {}
+        self._keys: dict[Key, _KeyState[W]] = {}
         self._uid_keys: dict[str, set[Key]] = {}
-        self._stops: dict[str, list[Job]] = {}
-        self._stops_inflight: dict[str, list[Job]] = {}
+        self._stops: dict[str, list[Job[W]]] = {}
+        self._stops_inflight: dict[str, list[Job[W]]] = {}
         self._buckets: dict[tuple[str, Route], TokenBucket] = {}
         self._marks = Watermarks(limits.watermark_bytes)
         # The mark of the Stop whose users are being marked: one Mark for all of them.
         self._mark: tuple[Toys, float, str, Mark] | None = None
         self._last_route: dict[str, dict[Route, float]] = {}
-        self._wake: list[tuple[float, int, str, Any]] = []
-        self._deadlines: list[tuple[float, int, Job]] = []
+        self._wake: list[tuple[float, int, str, Key | str]] = []
+        self._deadlines: list[tuple[float, int, Job[W]]] = []
         self._seen_stops: OrderedDict[str, None] = OrderedDict()
-        self._finished: list[Finished] = []
+        self._finished: list[Finished[W]] = []
         self._pending = 0
         self._housekeeping_at = clock() + _HOUSEKEEPING_MS
 
@@ -163,7 +167,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ input
 
-    def submit(self, job: Job) -> list[Finished]:
+    def submit(self, job: Job[W]) -> list[Finished[W]]:
         """Take a new job; return the jobs this finishes at once (itself included, if so)."""
         now = self._clock()
         job.seq = next(self._seq)
@@ -176,7 +180,7 @@ class Scheduler:
         if job.deadline_ms <= now:
             job.state = "done"
             return [Finished(job, "expired")]
-        finished: list[Finished] = []
+        finished: list[Finished[W]] = []
         if job.cls == "replace" and not job.multi:
             keys = self._uid_keys.get(job.uid, set()) if job.toys is None else {job.key}
             for key in list(keys):
@@ -214,7 +218,7 @@ class Scheduler:
         return True
 
     def remote_stop(self, seen: str, uids: Sequence[str], toys: Toys, published_ms: float,
-                    ident: str) -> list[Finished]:
+                    ident: str) -> list[Finished[W]]:
         """Apply a Stop another replica sends: cancel, raise watermarks, follow up in-flight.
 
         ``seen`` is the message's key (:meth:`note_stop`); a message already seen here,
@@ -222,7 +226,7 @@ class Scheduler:
         """
         if not self.note_stop(seen):
             return []
-        finished: list[Finished] = []
+        finished: list[Finished[W]] = []
         for uid in uids:
             finished += self._apply_watermark(uid, toys, published_ms, ident)
             for key in self._uid_keys.get(uid, ()):
@@ -233,7 +237,7 @@ class Scheduler:
                     inflight.followups = [*(inflight.followups or ()), (ident, published_ms)]
         return finished
 
-    def settled(self, job: Job) -> None:
+    def settled(self, job: Job[W]) -> None:
         """Report that a sent job's call has finished, whatever its outcome."""
         now = self._clock()
         job.state = "done"
@@ -253,9 +257,9 @@ class Scheduler:
             self._push(now, "key", job.key)
             self._forget_if_idle(job.key)
         for stop_ident, stop_ms in job.followups or ():
-            follow = Job(ident=f"{stop_ident}:after:{job.ident}", uid=job.uid, toys=job.toys,
-                         cls="stop", route=job.route, published_ms=stop_ms,
-                         payload=("followup", job.payload))
+            follow: Job[W] = Job(ident=f"{stop_ident}:after:{job.ident}", uid=job.uid,
+                                 toys=job.toys, cls="stop", route=job.route,
+                                 published_ms=stop_ms, follows=job)
             follow.seq = next(self._seq)
             self._stops.setdefault(job.uid, []).append(follow)
             follow.state = "pending"
@@ -263,7 +267,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ output
 
-    def poll(self) -> Tick:
+    def poll(self) -> Tick[W]:
         """Return the jobs to send now, jobs finished unsent, and when to poll next."""
         now = self._clock()
         finished, self._finished = self._finished, []
@@ -276,13 +280,13 @@ class Scheduler:
                 self._done(late)
                 self._forget_if_idle(late.key)
                 finished.append(Finished(late, "expired"))
-        due: dict[tuple[str, Any], None] = {}
+        due: dict[tuple[str, Key | str], None] = {}
         while self._wake and self._wake[0][0] <= now:
             _, _, kind, ref = heapq.heappop(self._wake)
             due[(kind, ref)] = None
-        send: list[Job] = []
-        for kind, ref in due:
-            if kind == "stops":
+        send: list[Job[W]] = []
+        for _kind, ref in due:
+            if isinstance(ref, str):  # a uid whose Stops may go ("stops"), else a key
                 send += self._release_stops(ref)
             else:
                 job = self._release_key(ref, now)
@@ -299,7 +303,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals
 
-    def _push(self, when: float, kind: str, ref: Any) -> None:
+    def _push(self, when: float, kind: str, ref: Key | str) -> None:
         heapq.heappush(self._wake, (when, next(self._seq), kind, ref))
 
     def _compact_deadlines(self) -> None:
@@ -312,7 +316,7 @@ class Scheduler:
         self._deadlines = [entry for entry in self._deadlines if entry[2].state == "pending"]
         heapq.heapify(self._deadlines)
 
-    def _state(self, key: Key) -> _KeyState:
+    def _state(self, key: Key) -> _KeyState[W]:
         state = self._keys.get(key)
         if state is None:
             state = self._keys[key] = _KeyState()
@@ -329,14 +333,14 @@ class Scheduler:
                 if not keys:
                     del self._uid_keys[key[0]]
 
-    def _done(self, job: Job) -> None:
+    def _done(self, job: Job[W]) -> None:
         if job.state == "pending":
             self._pending -= 1
         job.state = "done"
 
     def _remove(
-        self, key: Key, by: str, status: FinishStatus, which: Callable[[Job], bool]
-    ) -> list[Finished]:
+        self, key: Key, by: str, status: FinishStatus, which: Callable[[Job[W]], bool]
+    ) -> list[Finished[W]]:
         state = self._keys.get(key)
         if state is None:
             return []
@@ -358,16 +362,16 @@ class Scheduler:
 
     def _apply_watermark(
         self, uid: str, toys: Toys, published_ms: float, ident: str
-    ) -> list[Finished]:
+    ) -> list[Finished[W]]:
         self._marks.raise_mark(uid, self._mark_of(toys, published_ms, ident))
-        finished: list[Finished] = []
+        finished: list[Finished[W]] = []
         for key in list(self._uid_keys.get(uid, ())):
             if overlaps(key[1], toys):
                 finished += self._remove(key, ident, "superseded",
                                          lambda j: j.published_ms <= published_ms)
         return finished
 
-    def _submit_stop(self, stop: Job, now: float) -> list[Finished]:
+    def _submit_stop(self, stop: Job[W], now: float) -> list[Finished[W]]:
         # The Stop log may have told us of this Stop first: it is sent now, so no follow-up.
         for key in self._uid_keys.get(stop.uid, ()):
             inflight = self._keys[key].inflight
@@ -380,7 +384,7 @@ class Scheduler:
         self._push(now, "stops", stop.uid)
         return finished
 
-    def _release_stops(self, uid: str) -> list[Job]:
+    def _release_stops(self, uid: str) -> list[Job[W]]:
         waiting = self._stops.get(uid)
         if not waiting:
             return []
@@ -404,7 +408,7 @@ class Scheduler:
                 return True
         return False
 
-    def _release_key(self, key: Key, now: float) -> Job | None:
+    def _release_key(self, key: Key, now: float) -> Job[W] | None:
         state = self._keys.get(key)
         if state is None or state.inflight is not None or not state.pending:
             return None
