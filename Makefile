@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 
-.PHONY: install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools
+.PHONY: layout install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ test-faults: install rabbitmq  ## fault-injection tests (restart RabbitMQ; run b
 
 lint: install
 	$(BIN)/ruff check worker tests bench
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -65,3 +66,6 @@ schemas: install  ## regenerate schemas/ from the msgspec types
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+layout:  ## regenerate the README's layout tables from the packages' docstrings
+	$(PYTHON) scripts/layout.py

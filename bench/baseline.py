@@ -27,7 +27,7 @@ import aiohttp
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
 from bench.load import BASELINE_QUEUE, baseline_arguments
-from worker import topology
+from worker.contract import topology
 
 COMMAND_PATH = "/api/lan/v2/command"
 

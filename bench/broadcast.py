@@ -39,7 +39,7 @@ from bench.common import (
 )
 from bench.procs import Procs
 from bench.scenario import Options, Outcome
-from worker import topology
+from worker.contract import topology
 
 FULL: Final = 10_000
 QUICK: Final = 1_000

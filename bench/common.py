@@ -21,7 +21,7 @@ import msgspec
 from bench.load import percentile
 from bench.procs import BenchError, Proc, clean_env, free_port
 from bench.scenario import Options
-from worker import topology
+from worker.contract import topology
 
 SHARDS: Final = 4
 PREFETCH: Final = 256

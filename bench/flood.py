@@ -43,7 +43,7 @@ from bench.common import (
 from bench.fastpub import FastPublisher
 from bench.procs import CpuMeter, Procs, broker_pid
 from bench.scenario import Options, Outcome
-from worker import topology
+from worker.contract import topology
 
 FULL: Final = 10_000
 QUICK: Final = 2_000

@@ -25,7 +25,7 @@ from pamqp.commands import Basic
 
 from bench.fastpub import FastConsumer, FastPublisher
 from bench.procs import BenchError
-from worker import topology
+from worker.contract import topology
 
 BASELINE_QUEUE: Final = "bench.baseline"
 BATCH: Final = 500
@@ -40,7 +40,7 @@ def baseline_arguments() -> dict[str, Any]:
 
 
 async def declare(channel: aio_pika.abc.AbstractChannel, shards: int) -> None:
-    """Declare the worker's topology as the worker does, from the contract in worker.topology.
+    """Declare the worker's topology as the worker does, from worker.contract.topology.
 
     Idempotent; a mismatch with what the worker declared fails loudly
     (PRECONDITION_FAILED). Only the contract module is imported, so the bench

@@ -9,7 +9,7 @@
    **bypassing the validating queue** ``lovense.callbacks``: uids
    ``reg-0000000``…, each a different private address ``10.b.c.d`` as
    ``10-b-c-d.lovense.club``, its own ``httpsPort``, one toy, ``utoken`` =
-   HMAC-SHA256 of the uid under a random secret (``worker.bodies.utoken_for``).
+   HMAC-SHA256 of the uid under a random secret (``worker.core.bodies.utoken_for``).
    It publishes with :class:`bench.fastpub.FastPublisher` (confirms, batches of
    2,000 per socket write, at most 20,000 unconfirmed).
 3. **After** publishing, worker A starts (``LOVENSE_LAN_ALLOW=10.0.0.0/8``, the
@@ -58,7 +58,7 @@ from bench.common import (
 from bench.fastpub import FastPublisher
 from bench.procs import BenchError, Proc, Procs, free_port
 from bench.scenario import Options, Outcome
-from worker import registry_log
+from worker.contract import topology
 
 FULL: Final = 1_000_000
 QUICK: Final = 50_000
@@ -109,7 +109,7 @@ async def _streams(url: str, *, redeclare: bool) -> dict[str, int | None]:
     counts: dict[str, int | None] = {}
     connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-prep"})
     async with connection:
-        for name in (registry_log.CALLBACKS_LOG, registry_log.SNAPSHOTS):
+        for name in (topology.CALLBACKS_LOG, topology.SNAPSHOTS):
             channel = await connection.channel()
             try:
                 queue = await channel.declare_queue(name, passive=True)
@@ -124,8 +124,8 @@ async def _streams(url: str, *, redeclare: bool) -> dict[str, int | None]:
             await channel.queue_delete(name)
         if redeclare:
             channel = await connection.channel()
-            await channel.declare_queue(registry_log.CALLBACKS_LOG, durable=True,
-                                        arguments=registry_log.log_arguments(LAN_TTL_S))
+            await channel.declare_queue(topology.CALLBACKS_LOG, durable=True,
+                                        arguments=topology.callbacks_log_arguments(LAN_TTL_S))
     return counts
 
 
@@ -228,7 +228,7 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
     users = opts.size(FULL, QUICK)
     secret = secrets.token_hex(16)
     key = secret.encode()
-    print(f"  {users} callbacks appended to {registry_log.CALLBACKS_LOG} (bypassing the "
+    print(f"  {users} callbacks appended to {topology.CALLBACKS_LOG} (bypassing the "
           f"validating queue); worker A started {a_start} publishing; then worker B",
           flush=True)
     before = await _streams(opts.amqp_url, redeclare=True)
@@ -243,7 +243,7 @@ async def run_mode(procs: Procs, opts: Options, a_start: str) -> Outcome:
     async def publish() -> None:
         began = time.monotonic()
         async with FastPublisher(opts.amqp_url, name="bench-registry") as publisher:
-            await publisher.publish_many(bodies(users, key), registry_log.CALLBACKS_LOG)
+            await publisher.publish_many(bodies(users, key), topology.CALLBACKS_LOG)
             await publisher.wait_confirmed(timeout=600)
         published["s"] = time.monotonic() - began
         print(f"  published {users} callbacks in {published['s']:.1f} s "

@@ -23,9 +23,9 @@ from typing import Any
 from bench.procs import memory_kb
 from bench.registry import LAN_ALLOW, callback_body
 from worker.config import Settings
+from worker.core.registry import Registry
 from worker.metrics import Metrics
-from worker.pairing import Pairing
-from worker.registry import Registry
+from worker.services.pairing import Pairing
 
 
 def _build(users: int, start: int = 0) -> Registry:

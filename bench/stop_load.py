@@ -9,7 +9,7 @@
    them into comma-joined calls (its default, ``LOVENSE_BATCH_WINDOW_MS`` 20).
 3. The worker starts (``LOVENSE_DEFAULT_TTL_MS`` = 1 h, everything else default)
    and drains the backlog. Once 5 % of the results are in, 100 Stops for
-   distinct random users (seeded) go through :class:`worker.producer.Producer`,
+   distinct random users (seeded) go through :class:`worker.adapters.amqp.producer.Producer`,
    which routes them to ``lovense.stop``, evenly over 10 s, each stamped with
    ``x-lovense-published-ms`` just before it is published.
 4. When every result is in, the simulator's request log gives, per Stop, the
@@ -58,8 +58,8 @@ from bench.common import (
 from bench.fastpub import FastPublisher
 from bench.procs import CpuMeter, Proc, Procs
 from bench.scenario import Options, Outcome
-from worker import topology
-from worker.producer import Producer
+from worker.adapters.amqp.producer import Producer
+from worker.contract import topology
 
 FULL: Final = 100_000
 QUICK: Final = 10_000

@@ -44,7 +44,7 @@ from bench.common import (
 from bench.procs import BenchError, Proc, Procs
 from bench.scenario import Options, Outcome
 from bench.stop_load import Rig, StopRun
-from worker import topology
+from worker.contract import topology
 
 POISON_FULL: Final = 1_000
 POISON_QUICK: Final = 200

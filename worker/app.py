@@ -16,18 +16,19 @@ from typing import Final
 
 import structlog
 
-from worker.assignment import Assignment
-from worker.breaker import Breakers
-from worker.broker import PRESENCE_TTL_S, Broker
+from worker.adapters.amqp.broker import Broker
+from worker.adapters.amqp.registry_log import RegistryLog
+from worker.adapters.http.health import HealthServer
+from worker.adapters.http.lovense import LovenseClient
 from worker.config import Settings
-from worker.dispatch import Dispatcher
-from worker.health import HealthServer
-from worker.lovense import LovenseClient
+from worker.contract import topology
+from worker.core.assignment import Assignment
+from worker.core.breaker import Breakers
+from worker.core.registry import Registry
 from worker.metrics import Metrics
-from worker.pairing import Pairing
-from worker.registry import Registry
-from worker.registry_log import RegistryLog
-from worker.runtime import Runtime
+from worker.services.dispatch import Dispatcher
+from worker.services.pairing import Pairing
+from worker.services.runtime import Runtime
 
 log = structlog.get_logger("worker.app")
 
@@ -58,7 +59,7 @@ class Worker:
         self.runtime = Runtime(settings, dispatcher, self.metrics)
         self.registry_log: RegistryLog | None = None
         assignment = Assignment(settings.replica, settings.replicas, settings.shards,
-                                presence_ttl_s=PRESENCE_TTL_S, clock=time.monotonic)
+                                presence_ttl_s=topology.PRESENCE_TTL_S, clock=time.monotonic)
         self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics,
                              assignment)
         self.health: HealthServer | None = None

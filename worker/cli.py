@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from worker import logs, topology
+from worker import logs
 from worker.config import Settings
-from worker.errors import ConfigError
+from worker.contract import topology
+from worker.contract.errors import ConfigError
 
 #: CLI flags of ``run`` and the variables they override.
 _RUN_FLAGS: dict[str, tuple[str, str]] = {
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _requeue_dead(args: argparse.Namespace) -> int:
-    from worker.dead_letters import requeue_dead
+    from worker.adapters.amqp.dead_letters import requeue_dead
 
     url = args.amqp_url or os.environ.get("LOVENSE_AMQP_URL", Settings().amqp_url)
     done = await requeue_dead(url, args.match, args.limit, args.dry_run)
@@ -172,7 +173,7 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
-    from worker.producer import Producer
+    from worker.adapters.amqp.producer import Producer
 
     raw = sys.stdin.buffer.read() if args.command == "-" else args.command.encode()
     try:

@@ -1,7 +1,7 @@
 """Settings: every ``LOVENSE_*`` variable, parsed once at start-up into a frozen object.
 
 Nothing reads the environment or touches the disk at import time. A bad value
-raises :class:`~worker.errors.ConfigError` naming the variable; the CLI turns
+raises :class:`~worker.contract.errors.ConfigError` naming the variable; the CLI turns
 that into a one-line message and a non-zero exit.
 """
 
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from worker.errors import ConfigError
-from worker.rules import Caps
+from worker.contract.errors import ConfigError
+from worker.core.lan import Networks
+from worker.core.rules import Caps
 
 
 class Secret:
@@ -48,7 +49,6 @@ class Secret:
         return hash(self._value)
 
 
-Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 

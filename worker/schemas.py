@@ -1,7 +1,7 @@
 """Generate the contract's machine-readable files from the code (``make schemas``).
 
-The Structs in :mod:`worker.messages` and :mod:`worker.callbacks` and the names in
-:mod:`worker.topology` are the contract; the files in ``schemas/`` are derived
+The Structs in :mod:`worker.contract.messages` and :mod:`worker.core.callbacks` and the names in
+:mod:`worker.contract.topology` are the contract; the files in ``schemas/`` are derived
 from them and never edited by hand:
 
 * one JSON Schema per message kind (command, result, callback);
@@ -24,22 +24,14 @@ from typing import Any, Final
 
 import msgspec
 
-from worker import callbacks, intake, topology
-from worker.bodies import utoken_for
-from worker.broker import PRESENCE_TTL_S
-from worker.callbacks import Callback
 from worker.config import Settings
-from worker.errors import InvalidCommand
-from worker.messages import COMMAND_NAMES, Command, Result, Status, result_decoder
-from worker.pairing import FORGET_HEADER
-from worker.registry_log import (
-    CALLBACKS_LOG,
-    CALLBACKS_QUEUE,
-    SNAPSHOTS,
-    log_arguments,
-    snapshot_arguments,
-)
-from worker.rules import DEFAULT_CAPS, MAX_ID_BYTES, MAX_TOY_ID_LENGTH, Caps
+from worker.contract import topology
+from worker.contract.errors import InvalidCommand
+from worker.contract.messages import COMMAND_NAMES, Command, Result, Status, result_decoder
+from worker.core import callbacks, intake
+from worker.core.bodies import utoken_for
+from worker.core.callbacks import Callback
+from worker.core.rules import DEFAULT_CAPS, MAX_ID_BYTES, MAX_TOY_ID_LENGTH, Caps
 
 SCHEMAS: dict[str, tuple[Any, str, str]] = {
     "command.schema.json": (
@@ -67,8 +59,6 @@ _BINDING_VERSION: Final = "0.3.0"
 #: 2025-11-26T15:38:54.456Z, the publish time every example shares.
 _PUBLISHED_MS: Final = 1_764_171_534_456
 _EXAMPLE_SECRET: Final = "example-utoken-secret"
-#: The presence message's header (worker.broker spells it inline).
-_REPLICA_HEADER: Final = "x-lovense-replica"
 
 # ---------------------------------------------------------------------------- examples
 
@@ -261,17 +251,19 @@ def _channels() -> dict[str, Any]:
             "The platform forwards each Lovense Remote callback body here, unchanged. Forget "
             "tombstones go through here too.", ["callback", "forget"]),
         "callbacksQueue": _queue(
-            CALLBACKS_QUEUE, topology.shard_arguments(), [(topology.CALLBACKS_EXCHANGE, "")],
+            topology.CALLBACKS_QUEUE, topology.shard_arguments(),
+            [(topology.CALLBACKS_EXCHANGE, "")],
             "One replica at a time validates each callback and dead-letters refused ones "
             "(x-lovense-error: callback refused: ...); it skips tombstones.",
             ["callback", "forget"]),
         "callbacksLog": _queue(
-            CALLBACKS_LOG, log_arguments(defaults.lan_ttl_s), [(topology.CALLBACKS_EXCHANGE, "")],
+            topology.CALLBACKS_LOG, topology.callbacks_log_arguments(defaults.lan_ttl_s),
+            [(topology.CALLBACKS_EXCHANGE, "")],
             "Every replica builds its LAN registry from this stream. Its x-max-age is "
             f"LOVENSE_LAN_TTL_S (default {defaults.lan_ttl_s} s).",
             ["callback", "forget", "marker"]),
         "registrySnapshots": _queue(
-            SNAPSHOTS, snapshot_arguments(), [],
+            topology.SNAPSHOTS, topology.snapshot_arguments(), [],
             "Registry snapshots in chunks, each tagged with the callback-log offset it covers; "
             "written and read by the worker only, through the default exchange.",
             ["registrySnapshot", "marker"]),
@@ -350,9 +342,9 @@ def _messages() -> dict[str, Any]:
             "name": "forget", "title": "Forget tombstone",
             "summary": "Written by the worker for a Forget command: an empty body and the "
                        "uid in a header, so replays and later snapshots drop the user.",
-            "headers": _headers([FORGET_HEADER], {FORGET_HEADER: {
+            "headers": _headers([topology.FORGET_HEADER], {topology.FORGET_HEADER: {
                 "type": "string", "minLength": 1, "description": "the uid to forget"}}),
-            "examples": [{"name": "forget", "headers": {FORGET_HEADER: "user-42"}}],
+            "examples": [{"name": "forget", "headers": {topology.FORGET_HEADER: "user-42"}}],
         },
         "marker": {
             "name": "marker", "title": "Replay marker",
@@ -372,10 +364,10 @@ def _messages() -> dict[str, Any]:
         "presence": {
             "name": "presence", "title": "Replica presence",
             "summary": "An empty body naming the replica's ordinal; it expires after "
-                       f"{PRESENCE_TTL_S:g} s.",
-            "headers": _headers([_REPLICA_HEADER], {_REPLICA_HEADER: {
+                       f"{topology.PRESENCE_TTL_S:g} s.",
+            "headers": _headers([topology.REPLICA_HEADER], {topology.REPLICA_HEADER: {
                 "type": "integer", "minimum": 0, "description": "the replica's ordinal"}}),
-            "examples": [{"name": "replica-1", "headers": {_REPLICA_HEADER: 1}}],
+            "examples": [{"name": "replica-1", "headers": {topology.REPLICA_HEADER: 1}}],
         },
         "deadLetter": {
             "name": "deadLetter", "title": "Dead letter",
@@ -434,7 +426,7 @@ _OPERATIONS: Final[list[tuple[str, str, str, list[str], dict[str, Any], str]]] =
     ("readSnapshots", "receive", "registrySnapshots", ["registrySnapshot", "marker"], {},
      "Load the newest complete snapshot at start-up."),
     ("announcePresence", "send", "presence", ["presence"],
-     {"expiration": int(PRESENCE_TTL_S * 1000)},
+     {"expiration": int(topology.PRESENCE_TTL_S * 1000)},
      "Announce this replica every second (LOVENSE_REPLICAS > 1)."),
     ("hearPresence", "receive", "presence", ["presence"], {},
      "Hear returning owners and hand their shards back."),

@@ -18,9 +18,9 @@ import referencing.jsonschema
 
 from tests.deploy.support import SCHEMAS, load_json, npm_file
 from tests.deploy.test_rabbitmq_definitions import declared
-from worker import callbacks, intake, topology
-from worker.messages import COMMAND_NAMES, Status, command_decoder, result_decoder
-from worker.pairing import FORGET_HEADER
+from worker.contract import topology
+from worker.contract.messages import COMMAND_NAMES, Status, command_decoder, result_decoder
+from worker.core import callbacks, intake
 from worker.schemas import ASYNCAPI_FILE, render
 
 DOC_URI = "urn:lovense-worker:asyncapi"
@@ -180,7 +180,7 @@ def test_asyncapi_describes_every_header_of_the_contract(doc: dict[str, Any]) ->
     """The published-ms, error, forget and marker headers each belong to a message."""
     headers = {h for m in doc["components"]["messages"].values()
                for h in m.get("headers", {}).get("properties", {})}
-    assert {topology.PUBLISHED_MS_HEADER, topology.ERROR_HEADER, FORGET_HEADER,
+    assert {topology.PUBLISHED_MS_HEADER, topology.ERROR_HEADER, topology.FORGET_HEADER,
             topology.MARKER_HEADER, topology.ORIGIN_EXCHANGE_HEADER,
             topology.ORIGIN_ROUTING_KEY_HEADER} <= headers
 

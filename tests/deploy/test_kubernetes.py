@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from tests.deploy.support import DEPLOY, NODE_MODULES, ROOT, node, npm_file, run, tool
-from worker import topology
 from worker.config import SETTINGS
+from worker.contract import topology
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.30.0"

@@ -14,9 +14,10 @@ from typing import Any
 from aio_pika.abc import ExchangeType
 
 from tests.deploy.support import DEPLOY, load_json
-from worker import broker, topology
+from worker.adapters.amqp import broker
+from worker.adapters.amqp.registry_log import RegistryLog
 from worker.config import Settings
-from worker.registry_log import RegistryLog
+from worker.contract import topology
 
 DEFINITIONS = DEPLOY / "k8s" / "rabbitmq" / "definitions.json"
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.integration.support import ResultLog
-from worker.messages import Result
-from worker.producer import Producer
+from worker.adapters.amqp.producer import Producer
+from worker.contract.messages import Result
+from worker.contract.topology import PUBLISHED_MS_HEADER
 from worker.simulator import Simulator
-from worker.topology import PUBLISHED_MS_HEADER
 
 TERMINAL = {"ok", "failed", "invalid", "superseded", "expired", "dropped"}
 #: Requests take a moment from leaving the worker to arriving at the simulator.

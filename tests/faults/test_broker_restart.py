@@ -8,8 +8,8 @@ import subprocess
 import httpx
 
 from tests.integration.support import AMQP_URL, free_port, worker_settings
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.producer import Producer
 from worker.simulator import Simulator
 
 

@@ -28,9 +28,9 @@ from tests.faults.harness import (
     wait_for_all,
 )
 from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess
-from worker import topology
-from worker.messages import Result, result_decoder
-from worker.producer import Producer
+from worker.adapters.amqp.producer import Producer
+from worker.contract import topology
+from worker.contract.messages import Result, result_decoder
 from worker.simulator import Simulator
 
 COMMANDS = 1500

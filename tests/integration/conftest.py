@@ -19,8 +19,8 @@ from tests.integration.support import (
     purge_topology,
     worker_settings,
 )
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.producer import Producer
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 

@@ -18,12 +18,11 @@ import httpx
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker import topology
-from worker.broker import declare
+from worker.adapters.amqp.broker import declare
+from worker.adapters.http.lovense import AiohttpSender, LovenseClient, Post, Sender
 from worker.config import Secret, Settings
-from worker.lovense import AiohttpSender, LovenseClient, Post, Sender
-from worker.messages import Result, result_decoder
-from worker.registry_log import CALLBACKS_QUEUE
+from worker.contract import topology
+from worker.contract.messages import Result, result_decoder
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 AMQP_URL = os.environ.get("LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/")
@@ -81,9 +80,9 @@ async def purge_topology(url: str) -> None:
         for index in range(SHARDS):
             queue = await channel.get_queue(topology.shard_queue(index))
             await queue.purge()
-        await channel.declare_queue(CALLBACKS_QUEUE, durable=True,
+        await channel.declare_queue(topology.CALLBACKS_QUEUE, durable=True,
                                     arguments=topology.shard_arguments())
-        for name in (topology.DEAD_QUEUE, topology.STOP_QUEUE, CALLBACKS_QUEUE):
+        for name in (topology.DEAD_QUEUE, topology.STOP_QUEUE, topology.CALLBACKS_QUEUE):
             queue = await channel.get_queue(name)
             await queue.purge()
 

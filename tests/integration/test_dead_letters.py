@@ -5,11 +5,11 @@ from __future__ import annotations
 import aio_pika
 
 from tests.integration.support import AMQP_URL, ResultLog, dead_letters
-from worker import topology
+from worker.adapters.amqp.dead_letters import requeue_dead
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
 from worker.cli import main
-from worker.dead_letters import requeue_dead
-from worker.producer import Producer
+from worker.contract import topology
 from worker.simulator import Simulator
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.integration.support import ResultLog
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.producer import Producer
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 DOCS_TOKEN = "FE1TxWpTciAl4E2QfYEfPLvo2jf8V6WJWkLJtzLqv/nB2AMos9XuWzgQNrbXSi6n"

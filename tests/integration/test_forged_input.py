@@ -17,9 +17,9 @@ from tests.integration.support import (
     worker_settings,
 )
 from tests.integration.test_pairing import SECRET, post_callback
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.bodies import utoken_for
-from worker.producer import Producer
+from worker.core.bodies import utoken_for
 from worker.simulator import Simulator
 
 UID = "forged-user"

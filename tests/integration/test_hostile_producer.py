@@ -29,12 +29,11 @@ from tests.integration.support import (
     worker_settings,
 )
 from tests.integration.test_pairing import SECRET
-from worker import topology
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.bodies import utoken_for
-from worker.messages import Result
-from worker.producer import Producer
-from worker.registry_log import CALLBACKS_QUEUE
+from worker.contract import topology
+from worker.contract.messages import Result
+from worker.core.bodies import utoken_for
 from worker.simulator import Simulator
 
 MIB = 1024 * 1024
@@ -50,7 +49,7 @@ LONG_ID_ERROR = "id: longer than 255 bytes"
 #: What aiormq puts in a message_id left unset: it fills every missing one with a random UUID.
 AIORMQ_STAND_IN = re.compile(r"[0-9a-f]{32}")
 QUEUES = [topology.shard_queue(i) for i in range(SHARDS)] + [topology.STOP_QUEUE,
-                                                               CALLBACKS_QUEUE]
+                                                               topology.CALLBACKS_QUEUE]
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -8,10 +8,11 @@ import asyncio
 import pytest
 
 from tests.integration.support import ResultLog, dead_letters
-from worker import intake, topology
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.errors import InvalidCommand
-from worker.producer import Producer
+from worker.contract import topology
+from worker.contract.errors import InvalidCommand
+from worker.core import intake
 from worker.simulator import Simulator
 
 LAN = '"lan":{"domain":"127-0-0-1.lovense.club","httpsPort":34568}'

@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from tests.integration.support import Listener, ResultLog, recording_client, worker_settings
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.producer import Producer
 from worker.simulator import Simulator
 
 

@@ -11,12 +11,11 @@ import aio_pika
 import msgspec
 
 from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess, worker_settings
-from worker import topology
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.bodies import utoken_for
 from worker.config import Secret
-from worker.producer import Producer
-from worker.registry_log import CALLBACKS_LOG
+from worker.contract import topology
+from worker.core.bodies import utoken_for
 from worker.simulator import SIMULATOR_TOKEN, AppSpec, Simulator
 
 SECRET = Secret("pairing-secret")
@@ -245,8 +244,10 @@ async def test_a_log_longer_than_the_prefetch_window_replays_in_full(
         connection = await aio_pika.connect(AMQP_URL)
         async with connection:
             channel = await connection.channel()
-            await asyncio.gather(*(channel.default_exchange.publish(
-                aio_pika.Message(body), routing_key=CALLBACKS_LOG) for body in bodies(chunk)))
+            await asyncio.gather(*(
+                channel.default_exchange.publish(aio_pika.Message(body),
+                                                 routing_key=topology.CALLBACKS_LOG)
+                for body in bodies(chunk)))
 
     await append(uids[:2_100])
     async with Worker(settings) as worker:

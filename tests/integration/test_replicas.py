@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.integration.support import ResultLog, WorkerProcess
-from worker.producer import Producer
+from worker.adapters.amqp.producer import Producer
 from worker.simulator import Simulator
 
 REPLICAS = 3

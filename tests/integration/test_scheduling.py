@@ -6,9 +6,9 @@ import asyncio
 import time
 
 from tests.integration.support import ResultLog, worker_settings
-from worker import topology
+from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.producer import Producer
+from worker.contract import topology
 from worker.simulator import Simulator
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.support import ResultLog, WorkerProcess
 from tests.integration.test_hostile_producer import unanswered, until
-from worker.producer import Producer
+from worker.adapters.amqp.producer import Producer
 from worker.simulator import Simulator
 
 USERS = [f"stop-replica-user-{n}" for n in range(12)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.admission import Room
+from worker.services.admission import Room
 
 
 async def test_work_within_the_budget_enters_at_once_and_the_rest_waits_in_order() -> None:

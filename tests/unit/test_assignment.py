@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.assignment import Assignment, owner_of
+from worker.core.assignment import Assignment, owner_of
 
 
 class Clock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.batching import Batcher
+from worker.core.batching import Batcher
 
 
 class Clock:

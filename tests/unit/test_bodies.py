@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from worker import bodies
-from worker.messages import command_decoder
+from worker.contract.messages import command_decoder
+from worker.core import bodies
 
 
 def _cmd(raw: str):  # type: ignore[no-untyped-def]

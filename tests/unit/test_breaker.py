@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.breaker import Breakers
+from worker.core.breaker import Breakers
 
 
 class Clock:

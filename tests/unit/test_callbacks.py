@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker import callbacks
-from worker.callbacks import CallbackRefused
+from worker.core import callbacks
+from worker.core.callbacks import CallbackRefused
 
 HOSTILE = {
     "nested toys": b'{"uid":"u","domain":"d","httpsPort":1,"toys":{"a":'

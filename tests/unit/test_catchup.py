@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.catchup import Replay, ReplayStalled, wait_caught_up
+from worker.services.catchup import Replay, ReplayStalled, wait_caught_up
 
 
 async def test_a_slow_replay_that_keeps_moving_is_waited_for() -> None:

@@ -1,10 +1,10 @@
-"""Tests for worker.codes: the Lovense result codes per route."""
+"""Tests for worker.core.codes: the Lovense result codes per route."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.codes import (
+from worker.core.codes import (
     CONFIG_ERRORS,
     MEANINGS,
     RETRYABLE,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.config import Settings
-from worker.errors import ConfigError
+from worker.contract.errors import ConfigError
 
 
 def test_defaults_match_the_contract() -> None:

@@ -1,6 +1,6 @@
 """The whole consume path in-process: any bytes and headers end in exactly one settle.
 
-The broker's delivery handling (:meth:`worker.broker.Broker._process`) runs with
+The broker's delivery handling (:meth:`worker.adapters.amqp.broker.Broker._process`) runs with
 the real runtime and fake AMQP objects whose publish encodes the message's
 properties with pamqp, as the wire would: a property that cannot travel raises
 there, as it does on a real channel.
@@ -21,13 +21,13 @@ from pamqp import header
 
 from tests.unit.test_runtime import GatedUpstream
 from tests.unit.test_runtime import settings as runtime_settings
-from worker.broker import Broker
-from worker.dispatch import Dispatcher
-from worker.jobs import epoch_ms
-from worker.messages import Result, result_decoder
+from worker.adapters.amqp.broker import Broker
+from worker.contract.messages import Result, result_decoder
+from worker.core.jobs import epoch_ms
+from worker.core.results import Delivery, Handled
 from worker.metrics import Metrics
-from worker.results import Delivery, Handled
-from worker.runtime import Runtime
+from worker.services.dispatch import Dispatcher
+from worker.services.runtime import Runtime
 
 
 @dataclass

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.config import Secret, Settings
-from worker.dispatch import Dispatcher, Outcome, Plan, choose_route, stop_backoff_s
-from worker.errors import MaybeDelivered, NotDelivered, UpstreamError
-from worker.lan import LanAddress
-from worker.lovense import Reply
-from worker.messages import Command, LanTarget, command_decoder
+from worker.contract.errors import MaybeDelivered, NotDelivered, UpstreamError
+from worker.contract.messages import Command, LanTarget, command_decoder
+from worker.core.lan import LanAddress
+from worker.core.outcomes import Outcome, Plan, choose_route
+from worker.core.replies import Reply
 from worker.metrics import Metrics
+from worker.services.dispatch import Dispatcher, stop_backoff_s
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 OK = Reply(code=200, ok=True, message="Success")

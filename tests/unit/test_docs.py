@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -23,3 +24,13 @@ def test_readme_lists_every_metric() -> None:
     documented = set(re.findall(r"^\| `(lovense_worker_[a-z_]+)` \|", README, flags=re.MULTILINE))
     exported = {n + "_total" if n + "_total" in documented else n for n in names}
     assert exported == documented
+
+
+def test_readme_layout_matches_the_packages() -> None:
+    """The README's layout tables are what scripts/layout.py renders from the packages."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "layout.py"
+    spec = importlib.util.spec_from_file_location("layout", script)
+    assert spec is not None and spec.loader is not None
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    assert layout.current(README) == layout.render(), "README layout is stale: run make layout"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from worker import intake
-from worker.errors import InvalidCommand
-from worker.messages import Function
+from worker.contract.errors import InvalidCommand
+from worker.contract.messages import Function
+from worker.core import intake
 
 COMMANDS = (
     "Forget, Function, GetQrCode, GetToyName, GetToys, Pattern, PatternV2, Position, Preset, Stop"

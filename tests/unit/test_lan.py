@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from worker.errors import InvalidCommand, NotDelivered
-from worker.lan import LanAddress, open_door, parse_domain
+from worker.contract.errors import InvalidCommand, NotDelivered
+from worker.core.lan import LanAddress, open_door, parse_domain
 
 HOME = (ipaddress.ip_network("192.168.0.0/16"),)
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)

@@ -14,8 +14,8 @@ import pytest
 import structlog
 
 from worker import cli, logs
-from worker.bodies import utoken_for
 from worker.config import Secret, Settings
+from worker.core.bodies import utoken_for
 from worker.logs import Redactor
 
 TOKEN = "tok-abcdef"

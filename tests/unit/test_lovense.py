@@ -11,19 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.adapters.http.lovense import AiohttpSender, LovenseClient, Post, classify, read_capped
 from worker.config import Settings
-from worker.errors import MaybeDelivered, NotDelivered, UpstreamError
-from worker.lan import LanAddress
-from worker.lovense import (
-    MAX_REPLY_BYTES,
-    AiohttpSender,
-    LovenseClient,
-    Post,
-    Reply,
-    classify,
-    parse_reply,
-    read_capped,
-)
+from worker.contract.errors import MaybeDelivered, NotDelivered, UpstreamError
+from worker.core.lan import LanAddress
+from worker.core.replies import MAX_REPLY_BYTES, Reply, parse_reply
 
 
 def _connector_error(exc: OSError) -> aiohttp.ClientConnectorError:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from worker.callbacks import Callback
-from worker.lan import LanAddress
-from worker.registry import Registry
+from worker.core.callbacks import Callback
+from worker.core.lan import LanAddress
+from worker.core.registry import Registry
 
 
 class Clock:

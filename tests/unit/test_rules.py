@@ -1,4 +1,4 @@
-"""Tests for worker.rules: the documented Lovense rules and route limits."""
+"""Tests for worker.core.rules: the documented Lovense rules and route limits."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.errors import InvalidCommand
-from worker.messages import (
+from worker.contract.errors import InvalidCommand
+from worker.contract.messages import (
     Command,
     Function,
     GetQrCode,
@@ -25,7 +25,7 @@ from worker.messages import (
     Stop,
     command_decoder,
 )
-from worker.rules import (
+from worker.core.rules import (
     PatternRule,
     check_route,
     needs_lan,

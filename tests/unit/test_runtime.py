@@ -11,13 +11,13 @@ import msgspec
 import pytest
 
 from worker.config import Secret, Settings
-from worker.dispatch import Dispatcher
-from worker.jobs import epoch_ms, job_class, published_ms
-from worker.lan import LanAddress
-from worker.lovense import Reply
+from worker.core.jobs import epoch_ms, job_class, published_ms
+from worker.core.lan import LanAddress
+from worker.core.replies import Reply
+from worker.core.results import Delivery, Handled
 from worker.metrics import Metrics
-from worker.results import Delivery, Handled
-from worker.runtime import Runtime
+from worker.services.dispatch import Dispatcher
+from worker.services.runtime import Runtime
 
 OK = Reply(code=200, ok=True, message="Success")
 
@@ -207,7 +207,7 @@ def test_published_ms_header_parsing() -> None:
 
 def test_job_classes_follow_the_commands() -> None:
     """Functions replace or queue by stopPrevious; Stops stop; PatternV2 keeps order."""
-    from worker.messages import command_decoder
+    from worker.contract.messages import command_decoder
 
     def kind(raw: str) -> str:
         return job_class(command_decoder.decode(raw.encode()))
@@ -223,7 +223,7 @@ def test_job_classes_follow_the_commands() -> None:
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:
     """Result times are RFC 3339 UTC with milliseconds."""
-    from worker.results import rfc3339
+    from worker.core.results import rfc3339
 
     assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
 

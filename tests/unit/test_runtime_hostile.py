@@ -10,11 +10,11 @@ import msgspec
 import pytest
 
 from tests.unit.test_runtime import GatedUpstream, delivery, make_runtime, settle, start, vibrate
-from worker.jobs import epoch_ms
-from worker.messages import Result
-from worker.recent import Recent
-from worker.results import Delivery, Handled
-from worker.runtime import Runtime
+from worker.contract.messages import Result
+from worker.core.jobs import epoch_ms
+from worker.core.results import Delivery, Handled
+from worker.services.recent import Recent
+from worker.services.runtime import Runtime
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.ratelimit import Limit
-from worker.scheduler import Finished, Job, Limits, Scheduler, Toys, overlaps
+from worker.core.ratelimit import Limit
+from worker.core.scheduler import Finished, Job, Limits, Scheduler, Toys, overlaps
 
 
 @dataclass

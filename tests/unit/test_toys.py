@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.messages import command_decoder
-from worker.toys import functions_of, unsupported
+from worker.contract.messages import command_decoder
+from worker.core.toys import functions_of, unsupported
 
 
 def cmd(raw: str):  # type: ignore[no-untyped-def]

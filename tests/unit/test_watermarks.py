@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.watermarks import MARK_BYTES, MARKS_PER_UID, Mark, Watermarks
+from worker.core.watermarks import MARK_BYTES, MARKS_PER_UID, Mark, Watermarks
 
 
 def test_a_mark_covers_its_toys_and_every_toy_selection_that_overlaps() -> None:

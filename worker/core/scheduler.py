@@ -1,7 +1,7 @@
 """The per-user scheduler: latest-wins coalescing, rate limits, Stops that win, deadlines.
 
 Pure logic on an injected clock (epoch milliseconds); no I/O. The shell
-(:mod:`worker.runtime`) submits jobs, polls for what to send, and reports when
+(:mod:`worker.services.runtime`) submits jobs, polls for what to send, and reports when
 a call settles. One *job* is one user's share of one command message.
 
 * **Keys.** A job's key is ``(uid, sorted toy ids)`` or ``(uid, None)`` (``*``,
@@ -34,13 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Literal, TypeVar
 
-from worker.ratelimit import Limit, TokenBucket
-from worker.watermarks import Mark, Watermarks
+from worker.core.outcomes import Route
+from worker.core.ratelimit import Limit, TokenBucket
+from worker.core.watermarks import Mark, Watermarks
 
 JobClass = Literal["replace", "queue", "ordered", "stop"]
 #: What a job carries for its owner (the runtime's share of a message); opaque here.
 W = TypeVar("W")
-Route = Literal["lan", "server"]
 Toys = tuple[str, ...] | None
 Key = tuple[str, Toys]
 FinishStatus = Literal["superseded", "expired", "dropped"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from worker.dispatch import Outcome
-from worker.messages import Result
+from worker.contract.messages import Result
+from worker.core.outcomes import Outcome
 
 Lane = Literal["commands", "stop"]
 _NOT_DONE = frozenset({"failed", "expired", "invalid"})

@@ -15,7 +15,7 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker import topology
+from worker.contract import topology
 
 _DROP: Final = frozenset({
     topology.ERROR_HEADER, topology.ORIGIN_EXCHANGE_HEADER, topology.ORIGIN_ROUTING_KEY_HEADER,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final
 
-Route = Literal["lan", "server"]
+from worker.core.outcomes import Route
 
 #: What each documented code means, per route.
 MEANINGS: Final[Mapping[Route, Mapping[int, str]]] = {

@@ -1,10 +1,10 @@
 """Intake: raw message bytes → a validated command, or an error a producer can act on.
 
-Decoding is done once by the typed decoder in :mod:`worker.messages`; msgspec's
+Decoding is done once by the typed decoder in :mod:`worker.contract.messages`; msgspec's
 own error texts are rewritten here into ``"<field>: <what is wrong>"`` so every
 ``invalid`` result names what to fix. Whatever the bytes (nesting bombs, invalid
 UTF-8, a megabyte of padding), the only exception that leaves :func:`admit` is
-:class:`~worker.errors.InvalidCommand`.
+:class:`~worker.contract.errors.InvalidCommand`.
 
 A Stop is never refused for a size cap or for its id: :func:`admit` carries it
 out for every toy of its users, under an id of the worker's, and says so in
@@ -20,10 +20,10 @@ from typing import Final
 
 import msgspec
 
-from worker import rules
-from worker.errors import InvalidCommand
-from worker.messages import COMMAND_NAMES, Command, command_decoder, encoder
-from worker.rules import DEFAULT_CAPS, MAX_ID_BYTES, Caps
+from worker.contract.errors import InvalidCommand
+from worker.contract.messages import COMMAND_NAMES, Command, command_decoder, encoder
+from worker.core import rules
+from worker.core.rules import DEFAULT_CAPS, MAX_ID_BYTES, Caps
 
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 _COMMANDS_LISTED: Final = ", ".join(sorted(COMMAND_NAMES))

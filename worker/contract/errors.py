@@ -13,7 +13,7 @@
                                read timeout, malformed answer): never repeated elsewhere
 
 Third-party exceptions are translated once, at the seam that sees them
-(:mod:`worker.lovense` for aiohttp), with ``raise ... from exc``.
+(:mod:`worker.adapters.http.lovense` for aiohttp), with ``raise ... from exc``.
 """
 
 from __future__ import annotations

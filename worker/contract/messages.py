@@ -7,7 +7,7 @@ be copied from the docs (leaving out ``token``; the worker adds it).
 
 The Structs here are the contract: the JSON Schemas in ``schemas/`` are
 generated from them (``make schemas``). They check types and shapes only; the
-documented rules (ranges, grammars, route limits) live in :mod:`worker.rules`.
+documented rules (ranges, grammars, route limits) live in :mod:`worker.core.rules`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SERVER_ONLY_COMMANDS: Final = frozenset({"GetQrCode"})
 
 NonEmptyStr = Annotated[str, Meta(min_length=1, max_length=256)]
 #: Toy ids and command ids are bounded by the worker's caps after decoding, not here:
-#: a Stop is never refused for a size (see :func:`worker.rules.stop_relief`).
+#: a Stop is never refused for a size (see :func:`worker.core.rules.stop_relief`).
 ToyId = Annotated[str, Meta(min_length=1)]
 CommandId = Annotated[str, Meta(min_length=1)]
 

@@ -1,4 +1,4 @@
-"""The broker shell: the only module of the worker that touches aio-pika.
+"""The broker's delivery shell: consume command shards and the Stop lane, settle every delivery.
 
 It declares the topology, consumes the command shards and the Stop lane, follows
 the Stop log, and decides in one place (:meth:`Broker._process`) what happens to
@@ -39,15 +39,15 @@ from aio_pika.abc import (
     ExchangeType,
 )
 
-from worker import topology
-from worker.assignment import Assignment
-from worker.catchup import Replay
-from worker.messages import Result, encoder
+from worker.contract import topology
+from worker.contract.messages import Result, encoder
+from worker.core.assignment import Assignment
+from worker.core.results import Delivery, Handled, Lane, publishable
+from worker.core.rules import id_fits
 from worker.metrics import Metrics
-from worker.results import Delivery, Handled, Lane, publishable
-from worker.rules import id_fits
+from worker.services.catchup import Replay
 
-log = structlog.get_logger("worker.broker")
+log = structlog.get_logger("worker.adapters.amqp.broker")
 
 HandleFn = Callable[[Delivery], Awaitable[Handled]]
 #: Answers a delivery whose handling raised: a ``failed`` result to publish and dead-letter.
@@ -56,8 +56,6 @@ CrashFn = Callable[[Delivery, BaseException], Handled]
 StopLogFn = Callable[[Delivery], bool]
 STOP_LANE_PREFETCH = 64
 STOP_LOG_PREFETCH = 1000
-PRESENCE_INTERVAL_S = 1.0
-PRESENCE_TTL_S = 3.0
 
 
 async def declare(channel: AbstractChannel, shards: int) -> dict[str, AbstractExchange]:
@@ -138,8 +136,8 @@ class Broker:
                  assignment: Assignment | None = None) -> None:
         self._url = url
         self._shards = shards
-        self._assignment = assignment or Assignment(0, 1, shards, presence_ttl_s=PRESENCE_TTL_S,
-                                                    clock=time.monotonic)
+        self._assignment = assignment or Assignment(
+            0, 1, shards, presence_ttl_s=topology.PRESENCE_TTL_S, clock=time.monotonic)
         # Prefetch is split over the shards this replica owns (stand-ins get the same share).
         self._per_shard = max(1, math.ceil(prefetch / len(self._assignment.owned())))
         self._shard_consumers: dict[int, tuple[AbstractQueue, str]] = {}
@@ -267,7 +265,7 @@ class Broker:
         await queue.bind(exchange, routing_key="")
 
         async def heard(message: AbstractIncomingMessage) -> None:
-            replica = (message.headers or {}).get("x-lovense-replica")
+            replica = (message.headers or {}).get(topology.REPLICA_HEADER)
             if isinstance(replica, int):
                 for shard in self._assignment.heard(replica):
                     await self._hand_back(shard)
@@ -279,9 +277,9 @@ class Broker:
                 self._assignment.expire()
                 self._metrics.shards_consumed.set(self._assignment.estimated_active())
                 await exchange.publish(aio_pika.Message(
-                    b"", headers={"x-lovense-replica": self._assignment.replica},
-                    expiration=PRESENCE_TTL_S), routing_key="")
-                await asyncio.sleep(PRESENCE_INTERVAL_S)
+                    b"", headers={topology.REPLICA_HEADER: self._assignment.replica},
+                    expiration=topology.PRESENCE_TTL_S), routing_key="")
+                await asyncio.sleep(topology.PRESENCE_INTERVAL_S)
 
         self._presence_task = asyncio.get_running_loop().create_task(announce())
 

@@ -1,8 +1,10 @@
-"""The RabbitMQ contract: exchange, queue and header names, and queue arguments.
+"""The RabbitMQ contract: every exchange, queue, stream and header name, and their arguments.
 
-Names only, no I/O. Queue arguments are part of the contract too: RabbitMQ
-refuses to redeclare a queue with different arguments, so they change only
-with a migration note in the CHANGELOG.
+Names only, no I/O: the adapters (:mod:`worker.adapters.amqp`) declare and use
+them, :mod:`worker.schemas` documents them, and producers rely on them. Queue
+arguments are part of the contract too: RabbitMQ refuses to redeclare a queue
+with different arguments, so they change only with a migration note in the
+CHANGELOG.
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ STOP_LOG_REPLAY_S: Final = 3600
 PRESENCE_EXCHANGE: Final = "lovense.presence"
 #: Header of the marker a worker appends to the Stop log to know its replay has caught up.
 MARKER_HEADER: Final = "x-lovense-marker"
+#: The header of a presence message: the replica ordinal announcing itself.
+REPLICA_HEADER: Final = "x-lovense-replica"
+#: How often a replica announces itself, and how long an announcement counts.
+PRESENCE_INTERVAL_S: Final = 1.0
+PRESENCE_TTL_S: Final = 3.0
+
+#: Callbacks arrive on ``lovense.callbacks`` (fanout) and queue here, for one replica to check.
+CALLBACKS_QUEUE: Final = "lovense.callbacks"
+#: Every callback that passed the check, for every replica to follow (a stream).
+CALLBACKS_LOG: Final = "lovense.callbacks.log"
+#: On a callback-log entry: the uid the entry forgets (a tombstone, empty body).
+FORGET_HEADER: Final = "x-lovense-forget"
+#: Registry snapshots (a stream), so a starting replica need not replay the whole log.
+SNAPSHOTS: Final = "lovense.registry.snapshots"
+#: The headers of a snapshot chunk: which snapshot, which chunk of how many, the log
+#: offset it covers up to, and when it was taken (ms since the epoch).
+SNAPSHOT_HEADER: Final = "x-lovense-snapshot"
+SNAPSHOT_CHUNK_HEADER: Final = "x-lovense-chunk"
+SNAPSHOT_CHUNKS_HEADER: Final = "x-lovense-chunks"
+SNAPSHOT_LOG_OFFSET_HEADER: Final = "x-lovense-log-offset"
+SNAPSHOT_AT_HEADER: Final = "x-lovense-snapshot-ms"
 
 #: Integer milliseconds since the epoch when the producer published the command.
 PUBLISHED_MS_HEADER: Final = "x-lovense-published-ms"
@@ -72,3 +95,15 @@ def dead_arguments() -> dict[str, Any]:
         "x-max-length": DEAD_MAX_LENGTH,
         "x-overflow": "drop-head",
     }
+
+
+def callbacks_log_arguments(ttl_s: int) -> dict[str, Any]:
+    """Return the callback log's arguments: it keeps callbacks as long as an endpoint lives."""
+    return {"x-queue-type": "stream", "x-max-age": f"{ttl_s}s"}
+
+
+def snapshot_arguments() -> dict[str, Any]:
+    """Return the snapshot stream's arguments (a few snapshots' worth, a day at most)."""
+    return {"x-queue-type": "stream", "x-max-age": "1D",
+            "x-max-length-bytes": 2_000_000_000,
+            "x-stream-max-segment-size-bytes": 100_000_000}

@@ -10,8 +10,8 @@ import hashlib
 import hmac
 from typing import Any, Final
 
-from worker import rules
-from worker.messages import Command, GetQrCode, Position, Stop
+from worker.contract.messages import Command, GetQrCode, Position, Stop
+from worker.core import rules
 
 #: Commands whose documented examples carry no apiVer.
 _NO_API_VER: Final = frozenset({"GetToys", "GetToyName"})

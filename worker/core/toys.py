@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from worker import rules
-from worker.messages import Command, Function, Position
+from worker.contract.messages import Command, Function, Position
+from worker.core import rules
 
 #: Functions by toy name (lower case), from lovense-notes.md's capability table.
 CAPABILITIES: Final[dict[str, frozenset[str]]] = {

@@ -1,9 +1,9 @@
 """Dispatch: plan a command's route and make single calls to Lovense, each ending in an Outcome.
 
 Route choice is a pure function (:func:`choose_route`); calls go through an
-injected :class:`Upstream` (the real one is :class:`worker.lovense.LovenseClient`),
+injected :class:`Upstream` (the real one is :class:`worker.adapters.http.lovense.LovenseClient`),
 so this module never touches a socket itself. What is sent when is the
-scheduler's business (:mod:`worker.runtime`); this module carries one call.
+scheduler's business (:mod:`worker.services.runtime`); this module carries one call.
 """
 
 from __future__ import annotations
@@ -12,30 +12,29 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
-from worker import bodies, codes, rules
-from worker.breaker import Breakers
 from worker.config import Settings
-from worker.errors import InvalidCommand, MaybeDelivered, NotDelivered, UpstreamError
-from worker.lan import LanAddress, open_door
-from worker.lovense import (
+from worker.contract.errors import InvalidCommand, MaybeDelivered, NotDelivered, UpstreamError
+from worker.contract.messages import Command, GetQrCode, GetToys, LanTarget, Via
+from worker.core import bodies, codes, rules
+from worker.core.breaker import Breakers
+from worker.core.lan import LanAddress, open_door
+from worker.core.outcomes import Outcome, Plan, Route, choose_route
+from worker.core.registry import Registry
+from worker.core.replies import (
     MAX_REPLY_DEPTH,
     SERVER_COMMAND_PATH,
     SERVER_QR_PATH,
     Reply,
     too_deep,
 )
-from worker.messages import Command, GetQrCode, GetToys, LanTarget, Status, Via
+from worker.core.toys import functions_of, unsupported
 from worker.metrics import Metrics
-from worker.registry import Registry
-from worker.toys import functions_of, unsupported
 
-Route = Literal["lan", "server"]
 QR_LIFETIME: Final = timedelta(hours=4)
 #: A retry must be able to start this long before the command's deadline.
 RETRY_MARGIN_MS: Final = 250.0
@@ -49,55 +48,6 @@ class Upstream(Protocol):
     async def server(self, path: str, body: Mapping[str, Any]) -> Reply: ...
 
     async def lan(self, address: LanAddress, body: Mapping[str, Any]) -> Reply: ...
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened to (part of) a command: the fields of a result that dispatch decides."""
-
-    status: Status
-    message: str
-    via: Via | None = None
-    code: int | None = None
-    data: Any = None
-    attempts: int = 0
-    fallback: bool = False
-    failed_uids: list[str] = field(default_factory=list)
-    #: The call provably never reached Lovense (safe to carry elsewhere).
-    not_delivered: bool = False
-    #: The failure may pass (network, timeout, HTTP 5xx, LAN 500/506): worth a retry.
-    retryable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How one user's share of a command travels: the route and, on the LAN, the address."""
-
-    route: Route
-    address: LanAddress | None = None
-    #: The LAN was wanted but its circuit is open, so the server carries it.
-    fallback: bool = False
-
-
-def choose_route(cmd: Command, endpoint: LanTarget | None) -> Route | Outcome:
-    """Return the route a command takes, or the failed Outcome when none can carry it."""
-    if cmd.mode == "server":
-        return "server"
-    if endpoint is not None:
-        return "lan"
-    if cmd.mode == "lan" or rules.needs_lan(cmd):
-        users = ", ".join(cmd.targets)
-        return Outcome(
-            status="failed",
-            message=(
-                f"no LAN endpoint is known for {users}: {cmd.kind} needs the LAN route "
-                "(give lan {domain, httpsPort} in the command)"
-                if rules.needs_lan(cmd)
-                else f"no LAN endpoint is known for {users} (give lan {{domain, httpsPort}} "
-                "in the command, or use mode auto or server)"
-            ),
-        )
-    return "server"
 
 
 _toys_decoder: Final = msgspec.json.Decoder()

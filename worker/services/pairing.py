@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
-from worker import callbacks
-from worker.callbacks import CallbackRefused
 from worker.config import Settings
+from worker.contract import topology
+from worker.core import callbacks
+from worker.core.callbacks import CallbackRefused
+from worker.core.registry import Registry
 from worker.metrics import Metrics
-from worker.registry import Registry
 
-log = structlog.get_logger("worker.pairing")
+log = structlog.get_logger("worker.services.pairing")
 
 #: A tombstone: a callback-log message with this header (the uid) and no body.
-FORGET_HEADER: Final = "x-lovense-forget"
 
 
 class Pairing:
@@ -59,7 +59,7 @@ class Pairing:
         """Apply one callback-log message: a tombstone forgets, a good callback records."""
         if offset is not None:
             self.last_offset = offset
-        forget = (headers or {}).get(FORGET_HEADER)
+        forget = (headers or {}).get(topology.FORGET_HEADER)
         if forget is not None:
             uid = forget.decode() if isinstance(forget, bytes) else str(forget)
             self.registry.forget(uid)

@@ -18,9 +18,9 @@ from typing import Any, Final
 
 import msgspec
 
-from worker.callbacks import Callback
-from worker.lan import LanAddress
-from worker.messages import LanTarget
+from worker.contract.messages import LanTarget
+from worker.core.callbacks import Callback
+from worker.core.lan import LanAddress
 
 _HEAD: Final = struct.Struct("!IHdB")
 _VERIFIED: Final = 1

@@ -16,10 +16,9 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import Meta, Struct
 
-from worker.bodies import utoken_for
-from worker.config import Networks
-from worker.errors import InvalidCommand, LovenseWorkerError, NotDelivered
-from worker.lan import LanAddress, open_door
+from worker.contract.errors import InvalidCommand, LovenseWorkerError, NotDelivered
+from worker.core.bodies import utoken_for
+from worker.core.lan import LanAddress, Networks, open_door
 
 MAX_CALLBACK_BYTES: Final = 64 * 1024
 Port = Annotated[int, Meta(ge=0, le=1_000_000)] | Annotated[str, Meta(max_length=8)]

@@ -6,7 +6,7 @@ repeat with the same ``id`` is answered with the result already given, marked
 while its twin is still being carried waits for the twin's result.
 
 An id names one command: each entry keeps a digest of the decoded command it
-was given for (:func:`worker.intake.digest`), so the runtime can tell a repeat
+was given for (:func:`worker.core.intake.digest`), so the runtime can tell a repeat
 from a different command reusing the id.
 
 Finished results are kept encoded (one ``bytes`` each): a hundred thousand
@@ -25,8 +25,8 @@ from typing import Final
 
 import msgspec
 
-from worker.messages import Result, encoder
-from worker.results import Handled
+from worker.contract.messages import Result, encoder
+from worker.core.results import Handled
 
 _decode = msgspec.json.Decoder(Result).decode
 #: What an entry costs beyond its encoded result and its id, about.

@@ -9,10 +9,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from worker import topology
-from worker.messages import Command, Function
-from worker.rules import is_stop
-from worker.scheduler import Job, JobClass, W
+from worker.contract import topology
+from worker.contract.messages import Command, Function
+from worker.core.rules import is_stop
+from worker.core.scheduler import Job, JobClass, W
 
 
 def job_class(cmd: Command) -> JobClass:

@@ -2,7 +2,7 @@
 
 A LAN target names a host and port the worker will call, and it comes from
 outside (a producer's ``lan`` field, later a user's callback). This module is
-the only way to get a :class:`LanAddress`, and :mod:`worker.lovense` only
+the only way to get a :class:`LanAddress`, and :mod:`worker.adapters.http.lovense` only
 dials a ``LanAddress``; so every LAN connection passed these checks first:
 
 * the domain is a dashed IPv4 under ``lovense.club`` (``192-168-1-44.lovense.club``),
@@ -14,7 +14,7 @@ dials a ``LanAddress``; so every LAN connection passed these checks first:
   169.254.169.254), multicast, broadcast or reserved, whatever the allow list says;
 * the address is inside ``LOVENSE_LAN_ALLOW``.
 
-TLS is still verified against the ``lovense.club`` name (see :mod:`worker.lovense`).
+TLS is still verified against the ``lovense.club`` name (see :mod:`worker.adapters.http.lovense`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from worker.config import Networks
-from worker.errors import InvalidCommand, NotDelivered
+from worker.contract.errors import InvalidCommand, NotDelivered
+
+#: The networks a LAN address may be in (``LOVENSE_LAN_ALLOW``); empty means private ones.
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 _DASHED: Final = re.compile(r"(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})\.lovense\.club", re.ASCII)
 _OCTET: Final = re.compile(r"0|[1-9]\d{0,2}", re.ASCII)

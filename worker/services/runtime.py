@@ -1,10 +1,10 @@
 """The scheduling shell: deliveries in, the scheduler and batcher deciding, calls out, results back.
 
-One command message becomes one *share* per user (a :class:`~worker.scheduler.Job`).
+One command message becomes one *share* per user (a :class:`~worker.core.scheduler.Job`).
 The scheduler says which shares go when; server shares that are identical
 (same Lovense fields, no toy) are merged by the batcher into multi-user calls;
-each call is carried by :class:`~worker.dispatch.Dispatcher`. When every share
-of a message has ended, its one result is folded (:func:`worker.results.fold`)
+each call is carried by :class:`~worker.services.dispatch.Dispatcher`. When every share
+of a message has ended, its one result is folded (:func:`worker.core.results.fold`)
 and handed back to the broker, which publishes it and acks.
 
 Stops take the same path with a different class: never rate-limited, merged
@@ -26,13 +26,12 @@ from typing import Final
 import msgspec
 import structlog
 
-from worker import bodies, intake, rules
-from worker.admission import Room
-from worker.batching import Batcher
 from worker.config import Settings
-from worker.dispatch import Dispatcher, Outcome, Plan
-from worker.errors import InvalidCommand
-from worker.jobs import (
+from worker.contract.errors import InvalidCommand
+from worker.contract.messages import Command, Forget, GetQrCode, LanTarget
+from worker.core import bodies, intake, rules
+from worker.core.batching import Batcher
+from worker.core.jobs import (
     delivery_count,
     epoch_ms,
     job_class,
@@ -40,15 +39,17 @@ from worker.jobs import (
     toy_list,
     toys_of,
 )
-from worker.messages import Command, Forget, GetQrCode, LanTarget
+from worker.core.outcomes import Outcome, Plan
+from worker.core.ratelimit import Limit, TokenBucket
+from worker.core.results import Delivery, Handled, ShareEnd, fold, make_result
+from worker.core.rules import is_stop
+from worker.core.scheduler import Finished, Job, Limits, Scheduler
 from worker.metrics import Metrics
-from worker.ratelimit import Limit, TokenBucket
-from worker.recent import Prior, Recent
-from worker.results import Delivery, Handled, ShareEnd, fold, make_result
-from worker.rules import is_stop
-from worker.scheduler import Finished, Job, Limits, Scheduler
+from worker.services.admission import Room
+from worker.services.dispatch import Dispatcher
+from worker.services.recent import Prior, Recent
 
-log = structlog.get_logger("worker.runtime")
+log = structlog.get_logger("worker.services.runtime")
 
 #: A Stop goes out on every route its uid used within this window.
 RECENT_ROUTE_MS: Final = 60_000.0

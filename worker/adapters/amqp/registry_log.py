@@ -1,6 +1,6 @@
 """The registry's broker shell: callback log, validator queue and snapshots (aio-pika).
 
-Part of the broker shell, kept apart from :mod:`worker.broker` because it owns
+Part of the broker shell, kept apart from :mod:`worker.adapters.amqp.broker` because it owns
 three streams' worth of lifecycle:
 
 * ``lovense.callbacks`` (quorum queue, single active consumer): one replica
@@ -14,7 +14,7 @@ three streams' worth of lifecycle:
   it, then replays only the log after it: streams cannot compact, and heartbeats
   outnumber users many times over.
 
-A replay is waited for as long as it makes progress (:mod:`worker.catchup`):
+A replay is waited for as long as it makes progress (:mod:`worker.services.catchup`):
 a million callbacks without a snapshot take minutes, and that is no reason to die.
 """
 
@@ -39,22 +39,15 @@ from aio_pika.abc import (
     ExchangeType,
 )
 
-from worker import topology
-from worker.catchup import Replay
+from worker.contract import topology
 from worker.metrics import Metrics
-from worker.pairing import FORGET_HEADER, Pairing
+from worker.services.catchup import Replay
+from worker.services.pairing import Pairing
 
-log = structlog.get_logger("worker.registry_log")
+log = structlog.get_logger("worker.adapters.amqp.registry_log")
 
-CALLBACKS_QUEUE: Final = "lovense.callbacks"
-CALLBACKS_LOG: Final = "lovense.callbacks.log"
-SNAPSHOTS: Final = "lovense.registry.snapshots"
+#: Users per snapshot chunk (one message).
 SNAPSHOT_CHUNK: Final = 50_000
-_SNAPSHOT = "x-lovense-snapshot"
-_CHUNK = "x-lovense-chunk"
-_CHUNKS = "x-lovense-chunks"
-_LOG_OFFSET = "x-lovense-log-offset"
-_AT = "x-lovense-snapshot-ms"
 #: Start-up looks for the newest snapshot this many intervals back before reading it all.
 SNAPSHOT_LOOKBACK_INTERVALS: Final = 2
 #: Failures that mean the broker went away, not that the message is bad.
@@ -72,18 +65,6 @@ class _Seen:
     log_offset: int
     at_ms: int
     got: set[int] = field(default_factory=set)
-
-
-def log_arguments(ttl_s: int) -> dict[str, Any]:
-    """Return the callback log's arguments."""
-    return {"x-queue-type": "stream", "x-max-age": f"{ttl_s}s"}
-
-
-def snapshot_arguments() -> dict[str, Any]:
-    """Return the snapshot stream's arguments (a few snapshots' worth, a day at most)."""
-    return {"x-queue-type": "stream", "x-max-age": "1D",
-            "x-max-length-bytes": 2_000_000_000,
-            "x-stream-max-segment-size-bytes": 100_000_000}
 
 
 class RegistryLog:
@@ -108,11 +89,12 @@ class RegistryLog:
         exchange = await channel.declare_exchange(
             topology.CALLBACKS_EXCHANGE, ExchangeType.FANOUT, durable=True)
         queue = await channel.declare_queue(
-            CALLBACKS_QUEUE, durable=True, arguments=topology.shard_arguments())
+            topology.CALLBACKS_QUEUE, durable=True, arguments=topology.shard_arguments())
         await queue.bind(exchange, routing_key="")
-        stream = await self._declare_stream(CALLBACKS_LOG, log_arguments(self._ttl_s))
+        stream = await self._declare_stream(
+            topology.CALLBACKS_LOG, topology.callbacks_log_arguments(self._ttl_s))
         await stream.bind(exchange, routing_key="")
-        await self._declare_stream(SNAPSHOTS, snapshot_arguments())
+        await self._declare_stream(topology.SNAPSHOTS, topology.snapshot_arguments())
 
     async def _declare_stream(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
         probe = await self._connection.channel()
@@ -150,11 +132,11 @@ class RegistryLog:
     async def _serve(self, dead_letter: Any) -> None:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=256)
-        queue = await channel.get_queue(CALLBACKS_QUEUE, ensure=False)
+        queue = await channel.get_queue(topology.CALLBACKS_QUEUE, ensure=False)
 
         async def validate(message: AbstractIncomingMessage) -> None:
             try:
-                if FORGET_HEADER not in (message.headers or {}):
+                if topology.FORGET_HEADER not in (message.headers or {}):
                     try:
                         reason = self._pairing.check(message.body)
                     except Exception as exc:  # noqa: BLE001 - refuse, never stall the queue
@@ -177,10 +159,10 @@ class RegistryLog:
         """Follow snapshots other replicas write, so this one skips its turn."""
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=4)
-        queue = await channel.get_queue(SNAPSHOTS, ensure=False)
+        queue = await channel.get_queue(topology.SNAPSHOTS, ensure=False)
 
         async def note(message: AbstractIncomingMessage) -> None:
-            at = (message.headers or {}).get(_AT)
+            at = (message.headers or {}).get(topology.SNAPSHOT_AT_HEADER)
             if isinstance(at, int):
                 self._latest_snapshot_ms = max(self._latest_snapshot_ms, at)
             await message.ack()
@@ -197,7 +179,7 @@ class RegistryLog:
         """Write a tombstone for uid to the callback log (through the callbacks exchange)."""
         exchange = await self._publisher.get_exchange(topology.CALLBACKS_EXCHANGE, ensure=False)
         await exchange.publish(
-            aio_pika.Message(b"", headers={FORGET_HEADER: uid},
+            aio_pika.Message(b"", headers={topology.FORGET_HEADER: uid},
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key="")
 
@@ -246,15 +228,17 @@ class RegistryLog:
 
         def note(message: AbstractIncomingMessage) -> None:
             h: dict[str, Any] = dict(message.headers or {})
-            ident = h.get(_SNAPSHOT)
+            ident = h.get(topology.SNAPSHOT_HEADER)
             if ident is None:
                 return
             entry = seen.setdefault(str(ident), _Seen(
                 ident=str(ident), first_offset=int(h.get("x-stream-offset", 0)),
-                chunks=int(h[_CHUNKS]), log_offset=int(h[_LOG_OFFSET]), at_ms=int(h[_AT])))
-            entry.got.add(int(h[_CHUNK]))
+                chunks=int(h[topology.SNAPSHOT_CHUNKS_HEADER]),
+                log_offset=int(h[topology.SNAPSHOT_LOG_OFFSET_HEADER]),
+                at_ms=int(h[topology.SNAPSHOT_AT_HEADER])))
+            entry.got.add(int(h[topology.SNAPSHOT_CHUNK_HEADER]))
 
-        queue, tag = await self._read_until_marker(SNAPSHOTS, offset, note, 8)
+        queue, tag = await self._read_until_marker(topology.SNAPSHOTS, offset, note, 8)
         # Cancel, not close: closing a channel with acks still on their way kills the
         # connection (CHANNEL_ERROR).
         await queue.cancel(tag)
@@ -269,22 +253,22 @@ class RegistryLog:
         got: set[int] = set()
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)
-        queue = await channel.get_queue(SNAPSHOTS, ensure=False)
+        queue = await channel.get_queue(topology.SNAPSHOTS, ensure=False)
         registry = self._pairing.registry
         replay = Replay(SNAPSHOT_PREFETCH)
 
         async def take(message: AbstractIncomingMessage) -> None:
             h: dict[str, Any] = dict(message.headers or {})
             await replay.took(message)
-            chunk = h.get(_CHUNK)
-            if str(h.get(_SNAPSHOT)) != snapshot.ident or not isinstance(chunk, int):
+            chunk = h.get(topology.SNAPSHOT_CHUNK_HEADER)
+            if str(h.get(topology.SNAPSHOT_HEADER)) != snapshot.ident or not isinstance(chunk, int):
                 return
             if chunk not in got:
                 try:
                     registry.load(message.body)
                 except Exception:  # noqa: BLE001 - a broken chunk: the log replay still follows
                     log.exception("snapshot_chunk_failed", snapshot=snapshot.ident)
-                    self._metrics.child(self._metrics.stream_skipped, SNAPSHOTS).inc()
+                    self._metrics.child(self._metrics.stream_skipped, topology.SNAPSHOTS).inc()
                 got.add(chunk)
                 if len(got) == snapshot.chunks:
                     loaded.set()
@@ -303,7 +287,7 @@ class RegistryLog:
             pairing.apply(message.body, headers, int(offset) if offset is not None else None)
 
         start: Any = "first" if after is None or after < 0 else after + 1
-        await self._read_until_marker(CALLBACKS_LOG, start, apply, 2000)
+        await self._read_until_marker(topology.CALLBACKS_LOG, start, apply, 2000)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -328,10 +312,13 @@ class RegistryLog:
         for index, chunk in enumerate(chunks):
             await self._publisher.default_exchange.publish(
                 aio_pika.Message(chunk, headers={
-                    _SNAPSHOT: ident, _CHUNK: index, _CHUNKS: total,
-                    _LOG_OFFSET: log_offset, _AT: at_ms,
+                    topology.SNAPSHOT_HEADER: ident,
+                    topology.SNAPSHOT_CHUNK_HEADER: index,
+                    topology.SNAPSHOT_CHUNKS_HEADER: total,
+                    topology.SNAPSHOT_LOG_OFFSET_HEADER: log_offset,
+                    topology.SNAPSHOT_AT_HEADER: at_ms,
                 }, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=SNAPSHOTS)
+                routing_key=topology.SNAPSHOTS)
         self._latest_snapshot_ms, self.written_snapshot = at_ms, ident
         log.info("registry_snapshot_written", users=users, chunks=total,
                  log_offset=log_offset)

@@ -1,6 +1,6 @@
 """The Lovense rules: grammars, ranges and route limits of every command.
 
-:mod:`worker.messages` has already checked types and shapes; this module checks
+:mod:`worker.contract.messages` has already checked types and shapes; this module checks
 what the Lovense Standard API documents about the values (the ``action``,
 ``rule`` and ``strength`` grammars, levels, times, PatternV2 operations) and
 which route can carry a command. Every failure is an :class:`InvalidCommand`
@@ -14,12 +14,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, assert_never
+from typing import TYPE_CHECKING, Final, assert_never
 
 import msgspec
 
-from worker.errors import InvalidCommand
-from worker.messages import (
+from worker.contract.errors import InvalidCommand
+from worker.contract.messages import (
     LAN_ONLY_COMMANDS,
     SERVER_ONLY_COMMANDS,
     Command,
@@ -35,7 +35,9 @@ from worker.messages import (
     Stop,
 )
 
-Route = Literal["lan", "server"]
+if TYPE_CHECKING:
+    from worker.core.outcomes import Route
+
 
 #: Function actions with a single level, and the highest level each takes (the lowest is 0).
 ACTION_MAX_LEVEL: Final[Mapping[str, int]] = {

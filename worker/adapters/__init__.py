@@ -1,0 +1,1 @@
+"""The adapters: the I/O shell, one sub-package per protocol, never importing each other."""

@@ -1,0 +1,1 @@
+"""RabbitMQ through aio-pika: the only modules that import it."""

@@ -1,0 +1,1 @@
+"""HTTP through aiohttp: the Lovense client and the health/metrics server."""
