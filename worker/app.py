@@ -17,6 +17,8 @@ from typing import Final
 import structlog
 
 from worker.adapters.amqp.broker import Broker
+from worker.adapters.amqp.link import Link
+from worker.adapters.amqp.publisher import Publisher
 from worker.adapters.amqp.registry_log import RegistryLog
 from worker.adapters.http.health import HealthServer
 from worker.adapters.http.lovense import LovenseClient
@@ -56,18 +58,24 @@ class Worker:
         breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s, time.monotonic)
         dispatcher = Dispatcher(settings, self._client, self.metrics, registry=self.registry,
                                 breakers=breakers)
-        self.runtime = Runtime(settings, dispatcher, self.metrics)
-        self.registry_log: RegistryLog | None = None
+        link = Link(settings.amqp_url, settings.shards, self.metrics)
+        publisher = Publisher(link, self.metrics)
+        self.registry_log = RegistryLog(link, self.pairing, settings.lan_ttl_s,
+                                        settings.snapshot_interval_s, self.metrics,
+                                        dead_letter=publisher.dead_letter)
+        self.runtime = Runtime(settings, dispatcher, self.metrics,
+                               announce_stop=publisher.announce_stop,
+                               announce_forget=self.registry_log.announce_forget)
         assignment = Assignment(settings.replica, settings.replicas, settings.shards,
                                 presence_ttl_s=topology.PRESENCE_TTL_S, clock=time.monotonic)
-        self.broker = Broker(settings.amqp_url, settings.shards, settings.prefetch, self.metrics,
-                             assignment)
+        self.broker = Broker(link, publisher, prefetch=settings.prefetch, assignment=assignment,
+                             metrics=self.metrics, handle=self.runtime.handle,
+                             crashed=self.runtime.crashed, on_stop=self.runtime.remote_stop,
+                             resume=self.registry_log.resume)
         self.health: HealthServer | None = None
         if settings.metrics_port:
-            self.health = HealthServer(
-                self.metrics, lambda: self.broker.ready, settings.metrics_host,
-                settings.metrics_port,
-            )
+            self.health = HealthServer(self.metrics, self.broker.ready, settings.metrics_host,
+                                       settings.metrics_port)
 
     async def start(self) -> None:
         """Connect, declare, serve health, and start consuming."""
@@ -79,29 +87,19 @@ class Worker:
                         "LOVENSE_ALLOW_UNVERIFIED_CALLBACKS=1: anyone who can publish a callback "
                         "can name any allowed address for any uid")
         await self.broker.connect()
-        self.registry_log = RegistryLog(self.broker.connection, self.pairing,
-                                        self.settings.lan_ttl_s, self.settings.snapshot_interval_s,
-                                        self.metrics)
-        await self.registry_log.declare(self.broker.publisher)
+        await self.registry_log.declare()
         self.runtime.start()
-        self.runtime.announce_stop = self.broker.announce_stop
-        self.runtime.announce_forget = self.registry_log.announce_forget
         # Watermarks and endpoints first: no command is taken before every Stop of the last
         # hour and every paired user's endpoint is known.
-        await self.broker.follow_stop_log(self.runtime.remote_stop)
-        await self.registry_log.start(self.broker.publisher, self.broker.dead_letter)
-        await self.broker.consume(self.runtime.handle, self.runtime.crashed)
-        self.broker.supervise(self._resume)
+        await self.broker.follow_stop_log()
+        await self.registry_log.start()
+        await self.broker.consume()
+        self.broker.supervise()
         log.info(
             "worker_started", shards=self.settings.shards, api_base=self.settings.api_base,
             lan_route="on" if self.settings.lan_enabled else "off",
             metrics_port=self.health.port if self.health else None,
         )
-
-    async def _resume(self) -> None:
-        assert self.registry_log is not None
-        await self.registry_log.resume(self.broker.connection, self.broker.publisher,
-                                       self.broker.dead_letter)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop consuming, let in-flight commands finish within the grace, then close."""
@@ -111,8 +109,7 @@ class Worker:
         if left:
             log.warning("shutdown_grace_exceeded", unfinished=left)
         await self.runtime.close()
-        if self.registry_log is not None:
-            await self.registry_log.close()
+        await self.registry_log.close()
         await self.broker.close()
         await self._client.aclose()
         if self.health is not None:

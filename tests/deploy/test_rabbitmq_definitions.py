@@ -14,10 +14,12 @@ from typing import Any
 from aio_pika.abc import ExchangeType
 
 from tests.deploy.support import DEPLOY, load_json
-from worker.adapters.amqp import broker
+from worker.adapters.amqp.declare import declare as declare_topology
+from worker.adapters.amqp.link import Link, Session
 from worker.adapters.amqp.registry_log import RegistryLog
 from worker.config import Settings
 from worker.contract import topology
+from worker.metrics import Metrics
 
 DEFINITIONS = DEPLOY / "k8s" / "rabbitmq" / "definitions.json"
 
@@ -86,17 +88,25 @@ class _Connection:
         return _Channel(self._recorder)
 
 
+async def _refuse(*_: Any) -> None:
+    raise AssertionError("declaring dead-letters nothing")
+
+
 def declared() -> _Recorder:
     """Return what the worker declares with the default settings."""
     settings, recorder = Settings(), _Recorder()
 
     async def declare() -> None:
         channel = _Channel(recorder)
-        await broker.declare(channel, settings.shards)  # type: ignore[arg-type]
-        registry = RegistryLog(_Connection(recorder), None,  # type: ignore[arg-type]
-                               settings.lan_ttl_s, settings.snapshot_interval_s)
-        await registry.declare(channel)  # type: ignore[arg-type]
-        # Broker._start_presence declares the presence exchange (its queue is exclusive).
+        await declare_topology(channel, settings.shards)  # type: ignore[arg-type]
+        # The registry log declares on the link's session: a connected one, made of recorders.
+        link = Link("amqp://unused", settings.shards, Metrics())
+        link._session = Session(_Connection(recorder), _Connection(recorder),  # type: ignore[arg-type]
+                                channel, _Exchange("results"), _Exchange("dead"))  # type: ignore[arg-type]
+        registry = RegistryLog(link, None, settings.lan_ttl_s,  # type: ignore[arg-type]
+                               settings.snapshot_interval_s, Metrics(), dead_letter=_refuse)
+        await registry.declare()
+        # Presence.start declares the presence exchange (its queue is exclusive).
         await channel.declare_exchange(topology.PRESENCE_EXCHANGE, ExchangeType.FANOUT,
                                        durable=True)
 

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
-from worker.adapters.amqp.broker import declare
+from worker.adapters.amqp.declare import declare
 from worker.adapters.http.lovense import AiohttpSender, LovenseClient, Post, Sender
 from worker.config import Secret, Settings
 from worker.contract import topology

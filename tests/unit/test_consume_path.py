@@ -1,6 +1,6 @@
 """The whole consume path in-process: any bytes and headers end in exactly one settle.
 
-The broker's delivery handling (:meth:`worker.adapters.amqp.broker.Broker._process`) runs with
+The broker's delivery handling (:meth:`worker.adapters.amqp.settle.Settler.process`) runs with
 the real runtime and fake AMQP objects whose publish encodes the message's
 properties with pamqp, as the wire would: a property that cannot travel raises
 there, as it does on a real channel.
@@ -21,7 +21,9 @@ from pamqp import header
 
 from tests.unit.test_runtime import GatedUpstream
 from tests.unit.test_runtime import settings as runtime_settings
-from worker.adapters.amqp.broker import Broker
+from worker.adapters.amqp.link import Link, Session
+from worker.adapters.amqp.publisher import Publisher
+from worker.adapters.amqp.settle import Settler
 from worker.contract.messages import Result, result_decoder
 from worker.core.jobs import epoch_ms
 from worker.core.results import Delivery, Handled
@@ -79,17 +81,21 @@ class FakeIncoming:
         self.rejects += 1
 
 
-def make_broker(runtime: Runtime, crash: bool) -> tuple[Broker, FakeExchange, FakeExchange]:
-    broker = Broker("amqp://unused", 4, 64, Metrics())
-    results, dead = FakeExchange(), FakeExchange()
-    broker._results, broker._dead, broker._publisher = results, dead, FakeChannel()  # type: ignore[assignment]
+def make_settler(runtime: Runtime, crash: bool, results: FakeExchange | None = None,
+                 ) -> tuple[Settler, FakeExchange, FakeExchange]:
+    """Return a settler over fake AMQP objects, and the results and dead-letter exchanges."""
+    metrics = Metrics()
+    link = Link("amqp://unused", 4, metrics)
+    results, dead = results or FakeExchange(), FakeExchange()
+    # A connected link's session, made of fakes (the publisher encodes as the wire would).
+    link._session = Session(FakeChannel(), FakeChannel(), FakeChannel(),  # type: ignore[arg-type]
+                            results, dead)  # type: ignore[arg-type]
 
     async def crashing(delivery: Delivery) -> Handled:
         raise ValueError("injected crash")
 
-    broker._handle = crashing if crash else runtime.handle
-    broker._crashed = runtime.crashed
-    return broker, results, dead
+    return (Settler(link, Publisher(link, metrics), metrics,
+                    crashing if crash else runtime.handle, runtime.crashed), results, dead)
 
 
 NAMES = ["Function", "Stop", "Pattern", "PatternV2", "Preset", "Position", "GetToys",
@@ -146,10 +152,10 @@ def test_every_delivery_is_settled_exactly_once(
         upstream = GatedUpstream()
         runtime = Runtime(config, Dispatcher(config, upstream, Metrics()), Metrics())
         runtime.start()
-        broker, results, dead = make_broker(runtime, crash)
+        settler, results, dead = make_settler(runtime, crash)
         results.failures, dead.failures = result_failures, dead_failures
         try:
-            await asyncio.wait_for(broker._process(message, lane), 10)  # type: ignore[arg-type]
+            await asyncio.wait_for(settler.process(message, lane), 10)  # type: ignore[arg-type]
         finally:
             await runtime.close()
         assert message.acks + message.rejects == 1
@@ -179,8 +185,8 @@ def test_a_result_whose_id_cannot_travel_as_message_id_is_published_without_it()
         config = runtime_settings()
         runtime = Runtime(config, Dispatcher(config, GatedUpstream(), Metrics()), Metrics())
         runtime.start()
-        broker, results, dead = make_broker(runtime, crash=False)
-        await broker._process(message, "commands")  # type: ignore[arg-type]
+        settler, results, dead = make_settler(runtime, crash=False)
+        await settler.process(message, "commands")  # type: ignore[arg-type]
         await runtime.close()
         return results, dead
 
@@ -211,10 +217,9 @@ def test_a_lost_publishing_connection_leaves_the_delivery_for_redelivery() -> No
         config = runtime_settings()
         runtime = Runtime(config, Dispatcher(config, GatedUpstream(), Metrics()), Metrics())
         runtime.start()
-        broker, _results, dead = make_broker(runtime, crash=False)
         gone = GoneExchange()
-        broker._results = gone  # type: ignore[assignment]
-        await broker._process(message, "stop")  # type: ignore[arg-type]
+        settler, _results, dead = make_settler(runtime, crash=False, results=gone)
+        await settler.process(message, "stop")  # type: ignore[arg-type]
         await runtime.close()
         return gone, dead
 

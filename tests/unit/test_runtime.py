@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,8 +79,26 @@ def start(runtime: Runtime, command: dict[str, Any], **kw: Any) -> asyncio.Task[
 
 
 async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+    """Wait until the event loop is quiet: no task can run before a gate opens or a timer fires.
+
+    A condition, not a time: the loop's ready queue is empty once everything runnable
+    has run (every task is blocked on a future, a gate or a timer).
+    """
+    loop = asyncio.get_running_loop()
+    # asyncio's queue of runnable callbacks (CPython's BaseEventLoop keeps it there).
+    ready = loop._ready  # type: ignore[attr-defined]
+    for _ in range(100_000):
+        await asyncio.sleep(0)  # the condition's poll: one pass of the loop, then look again
+        if not ready:
+            return
+    raise AssertionError("the event loop never went quiet")
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds, looking again after every pass of the loop."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0)  # the condition's poll: one pass of the loop
 
 
 def vibrate(ident: str, uid: str = "u", level: int = 5, **extra: Any) -> dict[str, Any]:
@@ -98,8 +116,8 @@ async def test_latest_wins_while_a_call_is_in_flight(
     middle = [start(runtime, vibrate(f"c{n}", level=n)) for n in range(2, 6)]
     await settle()
     upstream.gate.set()
-    results = [t.result() for t in await asyncio.wait_for(asyncio.gather(first, *middle), 5)
-               and [first, *middle]]
+    await asyncio.wait_for(asyncio.gather(first, *middle), 5)
+    results = [t.result() for t in [first, *middle]]
     assert [r.result.status for r in results] == ["ok", "superseded", "superseded",
                                                   "superseded", "ok"]
     assert [r.result.supersededBy for r in results] == [None, "c3", "c4", "c5", None]

@@ -9,7 +9,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.unit.test_runtime import GatedUpstream, delivery, make_runtime, settle, start, vibrate
+from tests.unit.test_runtime import (
+    GatedUpstream,
+    delivery,
+    make_runtime,
+    settle,
+    start,
+    until,
+    vibrate,
+)
 from worker.contract.messages import Result
 from worker.core.jobs import epoch_ms
 from worker.core.results import Delivery, Handled
@@ -171,10 +179,7 @@ async def test_a_multi_user_stop_from_the_log_cancels_for_every_user(
         "remote", "remote", "remote"]
     upstream.gate.set()
     await asyncio.wait_for(asyncio.gather(*busy), 5)
-    for _ in range(50):
-        if len(upstream.calls) == 6:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(upstream.calls) == 6)
     last = {call["uid"]: call["action"] for call in upstream.calls}
     assert last == {"a": "Stop", "b": "Stop", "c": "Stop"}
 

@@ -24,7 +24,6 @@ from worker.metrics import Metrics
 
 log = structlog.get_logger("worker.services.pairing")
 
-#: A tombstone: a callback-log message with this header (the uid) and no body.
 
 
 class Pairing:

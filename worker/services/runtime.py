@@ -117,6 +117,11 @@ def _clamped(stamp: float | None, now_ms: float) -> float:
     arrived = float(math.floor(now_ms))
     return arrived if stamp is None else min(stamp, arrived)
 
+#: Appends a Stop that came in on lovense.commands to the Stop log (the publisher's).
+AnnounceStop = Callable[[Delivery], Coroutine[object, object, None]]
+#: Writes a tombstone for a uid to the callback log (the registry log's).
+AnnounceForget = Callable[[str], Coroutine[object, object, None]]
+
 
 class Runtime:
     """Carry deliveries through the scheduler to Lovense and back to one result each."""
@@ -127,6 +132,8 @@ class Runtime:
         dispatcher: Dispatcher,
         metrics: Metrics,
         *,
+        announce_stop: AnnounceStop | None = None,
+        announce_forget: AnnounceForget | None = None,
         clock_ms: Callable[[], float] = epoch_ms,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -158,10 +165,8 @@ class Runtime:
         self._wide_stops: deque[WorkJob] = deque()
         self._stop_runners = 0
         self._wide_room = Room(settings.wide_stop_users)
-        #: Set by the broker: appends a Stop that came in on lovense.commands to the Stop log.
-        self.announce_stop: Callable[[Delivery], Coroutine[object, object, None]] | None = None
-        #: Set by the broker: writes a tombstone for a uid to the callback log.
-        self.announce_forget: Callable[[str], Coroutine[object, object, None]] | None = None
+        self._announce_stop = announce_stop
+        self._announce_forget = announce_forget
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -223,8 +228,8 @@ class Runtime:
         try:
             if stop:
                 room = await self._start_stop(message)
-                if delivery.lane == "commands" and self.announce_stop is not None:
-                    self._spawn(self.announce_stop(delivery), [])
+                if delivery.lane == "commands" and self._announce_stop is not None:
+                    self._spawn(self._announce_stop(delivery), [])
             else:
                 self._submit(message)
             self._wake.set()
@@ -623,8 +628,8 @@ class Runtime:
         known = False
         if self._dispatcher.registry is not None:
             known = self._dispatcher.registry.forget(uid)
-        if self.announce_forget is not None:
-            await self.announce_forget(uid)
+        if self._announce_forget is not None:
+            await self._announce_forget(uid)
         words = ("forgotten on every replica; a tombstone keeps replays and snapshots from "
                  "bringing it back") if known else "not known here; a tombstone was written anyway"
         message.ends.append(ShareEnd(uid, Outcome(status="ok", message=words)))

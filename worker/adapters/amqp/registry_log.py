@@ -24,25 +24,28 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
     ExchangeType,
 )
 
+from worker.adapters.amqp.link import CONNECTION_ERRORS, Link
 from worker.contract import topology
 from worker.metrics import Metrics
 from worker.services.catchup import Replay
 from worker.services.pairing import Pairing
+
+#: Republishes a refused callback to lovense.dead (the publisher's ``dead_letter``).
+DeadLetterFn = Callable[[AbstractIncomingMessage, str, str], Awaitable[None]]
 
 log = structlog.get_logger("worker.adapters.amqp.registry_log")
 
@@ -50,9 +53,6 @@ log = structlog.get_logger("worker.adapters.amqp.registry_log")
 SNAPSHOT_CHUNK: Final = 50_000
 #: Start-up looks for the newest snapshot this many intervals back before reading it all.
 SNAPSHOT_LOOKBACK_INTERVALS: Final = 2
-#: Failures that mean the broker went away, not that the message is bad.
-_CONNECTION_ERRORS: Final = (aio_pika.exceptions.AMQPError, ConnectionError,
-                             aiormq.exceptions.ChannelInvalidStateError)
 #: Snapshot chunks in flight while loading one (each up to SNAPSHOT_CHUNK users).
 SNAPSHOT_PREFETCH: Final = 4
 
@@ -70,10 +70,11 @@ class _Seen:
 class RegistryLog:
     """Keep a registry from the callback log and snapshots; validate; write snapshots."""
 
-    def __init__(self, connection: AbstractConnection, pairing: Pairing, ttl_s: int,
-                 snapshot_interval_s: int, metrics: Metrics | None = None) -> None:
-        self._connection = connection
-        self._metrics = metrics or Metrics()
+    def __init__(self, link: Link, pairing: Pairing, ttl_s: int, snapshot_interval_s: int,
+                 metrics: Metrics, dead_letter: DeadLetterFn) -> None:
+        self._link = link
+        self._dead_letter = dead_letter
+        self._metrics = metrics
         self._pairing = pairing
         self._ttl_s = ttl_s
         self._interval = snapshot_interval_s
@@ -84,8 +85,9 @@ class RegistryLog:
         self.loaded_snapshot: str | None = None
         self.written_snapshot: str | None = None
 
-    async def declare(self, channel: AbstractChannel) -> None:
+    async def declare(self) -> None:
         """Declare the callback queue and the two streams (idempotently)."""
+        channel = self._link.session.publisher
         exchange = await channel.declare_exchange(
             topology.CALLBACKS_EXCHANGE, ExchangeType.FANOUT, durable=True)
         queue = await channel.declare_queue(
@@ -97,18 +99,17 @@ class RegistryLog:
         await self._declare_stream(topology.SNAPSHOTS, topology.snapshot_arguments())
 
     async def _declare_stream(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
-        probe = await self._connection.channel()
+        probe = await self._link.session.connection.channel()
         try:
             return await probe.declare_queue(name, durable=True, arguments=arguments)
         except aio_pika.exceptions.ChannelPreconditionFailed:
             # Declared earlier with other settings: use it as it is, and say so.
             log.warning("stream_arguments_differ", stream=name, wanted=arguments)
-            probe = await self._connection.channel()
+            probe = await self._link.session.connection.channel()
             return await probe.declare_queue(name, passive=True)
 
-    async def start(self, publisher: AbstractChannel, dead_letter: Any) -> None:
+    async def start(self) -> None:
         """Load the newest snapshot, replay the log after it, then follow; validate callbacks."""
-        self._publisher = publisher
         started = time.perf_counter()
         snapshot = await self._newest_snapshot()
         if snapshot is not None:
@@ -119,18 +120,16 @@ class RegistryLog:
         log.info("registry_ready", users=len(self._pairing.registry),
                  seconds=round(time.perf_counter() - started, 2),
                  from_snapshot=snapshot is not None)
-        await self._serve(dead_letter)
+        await self._serve()
         self._tasks.append(asyncio.get_running_loop().create_task(self._snapshot_loop()))
 
-    async def resume(self, connection: AbstractConnection, publisher: AbstractChannel,
-                     dead_letter: Any) -> None:
+    async def resume(self) -> None:
         """After a reconnect: follow the log from where it was left, validate again."""
-        self._connection, self._publisher = connection, publisher
         await self._follow_log(self._pairing.last_offset)
-        await self._serve(dead_letter)
+        await self._serve()
 
-    async def _serve(self, dead_letter: Any) -> None:
-        channel = await self._connection.channel()
+    async def _serve(self) -> None:
+        channel = await self._link.session.connection.channel()
         await channel.set_qos(prefetch_count=256)
         queue = await channel.get_queue(topology.CALLBACKS_QUEUE, ensure=False)
 
@@ -143,10 +142,11 @@ class RegistryLog:
                         log.exception("callback_check_failed")
                         reason = f"internal error: {type(exc).__name__}"
                     if reason is not None:
-                        await dead_letter(message, f"callback refused: {reason}", "callback")
+                        await self._dead_letter(message, f"callback refused: {reason}",
+                                                "callback")
                 await message.ack()
             except Exception as exc:  # noqa: BLE001 - settle it somehow, or leave it to a redelivery
-                if message.channel.is_closed or isinstance(exc, _CONNECTION_ERRORS):
+                if message.channel.is_closed or isinstance(exc, CONNECTION_ERRORS):
                     log.info("callback_abandoned", error=repr(exc))  # redelivered later
                 else:
                     log.exception("callback_rejected")
@@ -157,7 +157,7 @@ class RegistryLog:
 
     async def _watch_snapshots(self) -> None:
         """Follow snapshots other replicas write, so this one skips its turn."""
-        channel = await self._connection.channel()
+        channel = await self._link.session.connection.channel()
         await channel.set_qos(prefetch_count=4)
         queue = await channel.get_queue(topology.SNAPSHOTS, ensure=False)
 
@@ -177,7 +177,8 @@ class RegistryLog:
 
     async def announce_forget(self, uid: str) -> None:
         """Write a tombstone for uid to the callback log (through the callbacks exchange)."""
-        exchange = await self._publisher.get_exchange(topology.CALLBACKS_EXCHANGE, ensure=False)
+        exchange = await self._link.session.publisher.get_exchange(
+            topology.CALLBACKS_EXCHANGE, ensure=False)
         await exchange.publish(
             aio_pika.Message(b"", headers={topology.FORGET_HEADER: uid},
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
@@ -191,7 +192,7 @@ class RegistryLog:
         marker = uuid.uuid4().hex
         caught_up = asyncio.Event()
         replay = Replay(prefetch)
-        channel = await self._connection.channel()
+        channel = await self._link.session.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(stream, ensure=False)
 
@@ -210,7 +211,7 @@ class RegistryLog:
                 caught_up.set()
 
         tag = await queue.consume(handle, arguments={"x-stream-offset": offset})
-        await self._publisher.default_exchange.publish(
+        await self._link.session.publisher.default_exchange.publish(
             aio_pika.Message(b"", headers={topology.MARKER_HEADER: marker}), routing_key=stream)
         await replay.wait(caught_up, f"replaying {stream}")
         return queue, tag
@@ -251,7 +252,7 @@ class RegistryLog:
     async def _load_snapshot(self, snapshot: _Seen) -> None:
         loaded = asyncio.Event()
         got: set[int] = set()
-        channel = await self._connection.channel()
+        channel = await self._link.session.connection.channel()
         await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)
         queue = await channel.get_queue(topology.SNAPSHOTS, ensure=False)
         registry = self._pairing.registry
@@ -310,7 +311,7 @@ class RegistryLog:
         total = max(1, -(-users // SNAPSHOT_CHUNK))
         chunks = registry.dump(SNAPSHOT_CHUNK) if users else iter([b"\x90"])
         for index, chunk in enumerate(chunks):
-            await self._publisher.default_exchange.publish(
+            await self._link.session.publisher.default_exchange.publish(
                 aio_pika.Message(chunk, headers={
                     topology.SNAPSHOT_HEADER: ident,
                     topology.SNAPSHOT_CHUNK_HEADER: index,
