@@ -9,14 +9,15 @@ dispatcher (:mod:`worker.services.dispatch`) makes the calls, and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 from worker.contract.messages import Command, LanTarget, Status, Via
 from worker.core import rules
 from worker.core.lan import LanAddress
 
-#: The two ways a command reaches Lovense: the app on the LAN, or Lovense's server.
-Route: TypeAlias = Literal["lan", "server"]
+#: The two ways a command reaches Lovense: the app on the LAN, or Lovense's server. It is
+#: what a result reports as ``via``, so the contract spells it (``Via``) and the core names it.
+Route: TypeAlias = Via
 
 
 @dataclass(slots=True)
