@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 
-.PHONY: layout install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools
+.PHONY: docs install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ test-faults: install rabbitmq  ## fault-injection tests (restart RabbitMQ; run b
 	$(BIN)/pytest -q tests/faults
 
 lint: install
-	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff check worker tests bench scripts
 	$(BIN)/lint-imports
 
 typecheck: install
@@ -67,5 +67,6 @@ schemas: install  ## regenerate schemas/ from the msgspec types
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-layout:  ## regenerate the README's layout tables from the packages' docstrings
+docs:  ## regenerate the README's configuration table and layout tables from the code
+	$(PYTHON) scripts/settings_table.py
 	$(PYTHON) scripts/layout.py

@@ -3,7 +3,7 @@
 
 Each package and module appears with the first line of its docstring, in the
 order of the layers: the contract, the pure core, the services, the adapters,
-then what sits beside them. ``make layout`` rewrites the section; the unit
+then what sits beside them. ``make docs`` rewrites the section; the unit
 tests fail when the README and the packages disagree.
 """
 
@@ -46,8 +46,8 @@ def render() -> str:
     parts = [BEGIN]
     for package in PACKAGES:
         folder = ROOT / package
-        parts += ["", f"**`{package.removeprefix('worker/')}`**: {_summary(folder / '__init__.py')}",
-                  "", "| module | what |", "|---|---|", *_rows(folder)]
+        title = f"**`{package.removeprefix('worker/')}`**: {_summary(folder / '__init__.py')}"
+        parts += ["", title, "", "| module | what |", "|---|---|", *_rows(folder)]
     beside = _rows(ROOT / "worker", skip=frozenset({"contract", "core", "services", "adapters"}))
     parts += ["", "**Beside them** (`worker/`): the process shell and tools.", "",
               "| module | what |", "|---|---|", *beside, "", END]
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     wanted = render()
     if "--check" in argv:
         if current(text) != wanted:
-            print("README layout section is stale: run `make layout`", file=sys.stderr)
+            print("README layout section is stale: run `make docs`", file=sys.stderr)
             return 1
         return 0
     README.write_text(text.replace(current(text), wanted), encoding="utf-8")

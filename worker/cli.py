@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,23 +12,15 @@ from collections.abc import Sequence
 import msgspec
 
 from worker import logs
-from worker.config import Settings
+from worker.config import VARIABLES, Settings
 from worker.contract import topology
 from worker.contract.errors import ConfigError
 
-#: CLI flags of ``run`` and the variables they override.
-_RUN_FLAGS: dict[str, tuple[str, str]] = {
-    "amqp_url": ("--amqp-url", "LOVENSE_AMQP_URL"),
-    "api_base": ("--api-base", "LOVENSE_API_BASE"),
-    "platform": ("--platform", "LOVENSE_PLATFORM"),
-    "lan_allow": ("--lan-allow", "LOVENSE_LAN_ALLOW"),
-    "lan_ca_file": ("--lan-ca-file", "LOVENSE_LAN_CA_FILE"),
-    "shards": ("--shards", "LOVENSE_SHARDS"),
-    "prefetch": ("--prefetch", "LOVENSE_PREFETCH"),
-    "metrics_port": ("--metrics-port", "LOVENSE_METRICS_PORT"),
-    "log_format": ("--log-format", "LOVENSE_LOG_FORMAT"),
-    "log_level": ("--log-level", "LOVENSE_LOG_LEVEL"),
-}
+#: The settings ``run`` takes as flags: ``--amqp-url`` overrides LOVENSE_AMQP_URL, and so on.
+_RUN_FLAGS: tuple[str, ...] = (
+    "amqp_url", "api_base", "platform", "lan_allow", "lan_ca_file", "shards", "prefetch",
+    "metrics_port", "log_format", "log_level",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,8 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the worker. Settings come from LOVENSE_* variables (see the README); "
         "these flags override them.",
     )
-    for _attr, (flag, env) in _RUN_FLAGS.items():
-        run.add_argument(flag, default=None, metavar=env, help=f"overrides {env}")
+    for attr in _RUN_FLAGS:
+        env = VARIABLES[attr]
+        run.add_argument("--" + attr.replace("_", "-"), default=None, metavar=env,
+                         help=f"overrides {env}")
     run.add_argument(
         "--simulator", action="store_true",
         help="start the built-in Lovense simulator in this process and use it "
@@ -90,19 +83,23 @@ def _parser() -> argparse.ArgumentParser:
 async def _requeue_dead(args: argparse.Namespace) -> int:
     from worker.adapters.amqp.dead_letters import requeue_dead
 
-    url = args.amqp_url or os.environ.get("LOVENSE_AMQP_URL", Settings().amqp_url)
-    done = await requeue_dead(url, args.match, args.limit, args.dry_run)
+    done = await requeue_dead(_amqp_url(args), args.match, args.limit, args.dry_run)
     verb = "would requeue" if args.dry_run else "requeued"
     print(f"{verb} {done.requeued}, left {done.kept} in {topology.DEAD_QUEUE}")
     return 0
 
 
-def _settings(args: argparse.Namespace, extra: dict[str, str] | None = None) -> Settings:
-    overrides: dict[str, str | None] = {
-        env: getattr(args, attr) for attr, (_flag, env) in _RUN_FLAGS.items()
-    }
+def _amqp_url(args: argparse.Namespace) -> str:
+    """Return ``--amqp-url``, else LOVENSE_AMQP_URL, else its default, checked like ``run``'s."""
+    env = VARIABLES["amqp_url"]
+    return Settings.from_env(overrides={env: args.amqp_url or None}, only={env}).amqp_url
+
+
+def _settings(args: argparse.Namespace, extra: dict[str, str] | None = None,
+              defaults: dict[str, str] | None = None) -> Settings:
+    overrides: dict[str, str | None] = {VARIABLES[attr]: getattr(args, attr) for attr in _RUN_FLAGS}
     overrides.update(extra or {})
-    return Settings.from_env(overrides=overrides)
+    return Settings.from_env(overrides=overrides, defaults=defaults)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -121,9 +118,8 @@ async def _run(args: argparse.Namespace) -> int:
             "LOVENSE_DEVELOPER_TOKEN_FILE": "",
             "LOVENSE_LAN_CA_FILE": sim.ca_file,
         }
-        if not os.environ.get("LOVENSE_LAN_ALLOW") and args.lan_allow is None:
-            extra["LOVENSE_LAN_ALLOW"] = "127.0.0.1/32"
-        settings = _settings(args, extra)
+        # The simulated apps listen on loopback: let the LAN route reach them unless told not to.
+        settings = _settings(args, extra, defaults={"LOVENSE_LAN_ALLOW": "127.0.0.1/32"})
         _configure_logs(settings)
         app = sim.apps[0]
         print(_banner(sim.server_url, app.uid, app.domain, app.https_port), file=sys.stderr)
@@ -181,8 +177,7 @@ async def _publish(args: argparse.Namespace) -> int:
     except msgspec.DecodeError as exc:
         print(f"lovense-worker publish: the command is not valid JSON ({exc})", file=sys.stderr)
         return 2
-    url = args.amqp_url or os.environ.get("LOVENSE_AMQP_URL", Settings().amqp_url)
-    async with Producer(url) as producer:
+    async with Producer(_amqp_url(args)) as producer:
         if not args.wait:
             ident = await producer.publish(raw, routing_key=args.routing_key)
             print(ident)

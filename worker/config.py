@@ -1,5 +1,11 @@
 """Settings: every ``LOVENSE_*`` variable, parsed once at start-up into a frozen object.
 
+Each field of :class:`Settings` is the one declaration of its variable: name,
+type, typed default, bounds, unit and the README's description.
+:data:`SETTINGS` lists the variables in that order; the README's configuration
+table is rendered from it (``scripts/settings_table.py``, checked by the unit
+tests) and the Kubernetes ConfigMap is checked against it (``tests/deploy``).
+
 Nothing reads the environment or touches the disk at import time. A bad value
 raises :class:`~worker.contract.errors.ConfigError` naming the variable; the CLI turns
 that into a one-line message and a non-zero exit.
@@ -12,14 +18,16 @@ import ipaddress
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from worker.contract.errors import ConfigError
 from worker.core.lan import Networks
 from worker.core.rules import Caps
+
+_T = TypeVar("_T")
 
 
 class Secret:
@@ -54,14 +62,32 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One documented variable: its name, unit, default and meaning (the README table)."""
+    """One variable: how it is read, and its row in the README's configuration table."""
 
     env: str
-    attr: str
+    #: The default as written in the environment ("" = unset).
     default: str
     unit: str
+    #: What it does, in Markdown, as the README shows it.
     meaning: str
-    parse: Callable[[str], Any]
+    parse: Callable[[str], object]
+    #: The accepted range of a number (inclusive).
+    bounds: tuple[float, float] | None = None
+    #: A word on the default shown beside it in the README ("off", "64 MiB").
+    note: str = ""
+    #: How an empty value is resolved at start-up, shown in the README instead of "(empty)".
+    auto: str = ""
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """Return the parsed value of this variable in ``env`` (its default when unset)."""
+        raw = env.get(self.env, self.default).strip()
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{self.env}: {exc}") from None
+
+
+# -- parsers: raw text to a typed value, or ValueError saying what is wrong -----------------------
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -107,10 +133,6 @@ def _flag(raw: str) -> bool:
     return raw in ("1", "true")
 
 
-def _text(raw: str) -> str:
-    return raw
-
-
 def _url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError(f"must be an http:// or https:// URL, got {raw!r}")
@@ -136,9 +158,20 @@ def _networks(raw: str) -> Networks:
 
 
 def _log_format(raw: str) -> str:
+    if not raw:
+        return "console" if sys.stderr.isatty() else "json"
     if raw not in ("json", "console"):
         raise ValueError(f"must be json or console, got {raw!r}")
     return raw
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return parse
 
 
 def _existing_file(raw: str) -> Path | None:
@@ -150,192 +183,207 @@ def _existing_file(raw: str) -> Path | None:
     return path
 
 
+def _file_text(raw: str) -> str | None:
+    path = _existing_file(raw)
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError("the file is empty")
+    return text
+
+
 def _platform(raw: str) -> str:
     if not raw or any(ord(c) < 32 for c in raw):
         raise ValueError("must be a non-empty header value")
     return raw
 
 
-SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("LOVENSE_AMQP_URL", "amqp_url", "amqp://guest:guest@localhost:5672/", "URL",
-            "RabbitMQ to consume commands from and publish results to", _amqp_url),
-    Setting("LOVENSE_DEVELOPER_TOKEN", "developer_token", "", "secret",
-            "Lovense developer token for the server route; never logged", _text),
-    Setting("LOVENSE_DEVELOPER_TOKEN_FILE", "developer_token_file", "", "path",
-            "file holding the developer token (wins over LOVENSE_DEVELOPER_TOKEN)",
-            _existing_file),
-    Setting("LOVENSE_UTOKEN_SECRET", "utoken_secret", "", "secret",
-            "key of the per-user utoken, HMAC-SHA256(uid), sent with GetQrCode", _text),
-    Setting("LOVENSE_API_BASE", "api_base", "https://api.lovense-api.com", "URL",
-            "Lovense server API base; http://127.0.0.1:PORT for the simulator", _url),
-    Setting("LOVENSE_PLATFORM", "platform", "lovense-worker", "text",
-            "X-platform header on LAN calls (shown in Lovense Remote)", _platform),
-    Setting("LOVENSE_LAN_ALLOW", "lan_allow", "", "CIDR list",
-            "networks the LAN route may connect to; empty turns the LAN route off", _networks),
-    Setting("LOVENSE_LAN_CA_FILE", "lan_ca_file", "", "path",
-            "extra CA bundle trusted for LAN TLS, on top of the system roots", _existing_file),
-    Setting("LOVENSE_SHARDS", "shards", "4", "queues",
-            "number of command shard queues lovense.commands.N", _int_in(1, 1024)),
-    Setting("LOVENSE_PREFETCH", "prefetch", "256", "messages",
-            "unacked commands one process holds, split evenly over its shards",
-            _int_in(1, 65535)),
-    Setting("LOVENSE_METRICS_PORT", "metrics_port", "9464", "port",
-            "port of /metrics, /healthz and /readyz (0 turns the endpoint off)",
-            _int_in(0, 65535)),
-    Setting("LOVENSE_METRICS_HOST", "metrics_host", "0.0.0.0", "address",
-            "address the metrics and health endpoint binds to", _text),
-    Setting("LOVENSE_SHUTDOWN_GRACE_S", "shutdown_grace_s", "20", "s",
-            "on SIGTERM/SIGINT, how long calls in flight may finish before the worker exits",
-            _int_in(0, 3600)),
-    Setting("LOVENSE_LOG_FORMAT", "log_format", "", "json|console",
-            "log format; default console on a terminal, json otherwise", _log_format),
-    Setting("LOVENSE_LOG_LEVEL", "log_level", "info", "level",
-            "debug, info, warning or error", lambda raw: _choice(raw, LOG_LEVELS)),
-    Setting("LOVENSE_DEFAULT_TTL_MS", "default_ttl_ms", "10000", "ms",
-            "deadline of a command without ttlMs, from its publish time",
-            _int_in(1, 86_400_000)),
-    Setting("LOVENSE_SERVER_TIMEOUT_MS", "server_timeout_ms", "5000", "ms",
-            "timeout of one call to the Lovense server API", _int_in(1, 600_000)),
-    Setting("LOVENSE_LAN_TIMEOUT_MS", "lan_timeout_ms", "3000", "ms",
-            "timeout of one call to a Lovense Remote app on the LAN", _int_in(1, 600_000)),
-    Setting("LOVENSE_MAX_UIDS_PER_CALL", "max_uids_per_call", "50", "users",
-            "most users comma-joined into one server call", _int_in(1, 1000)),
-    Setting("LOVENSE_KEY_QUEUE", "key_queue", "16", "commands",
-            "stopPrevious 0 commands, and separately PatternV2 and queries, kept per "
-            "(uid, toy) key; overflow drops the oldest",
-            _int_in(1, 10_000)),
-    Setting("LOVENSE_SERVER_RATE", "server_rate", "2", "calls/s",
-            "per-uid rate of calls on the server route", _float_in(0.01, 10_000)),
-    Setting("LOVENSE_SERVER_BURST", "server_burst", "4", "calls",
-            "per-uid burst of calls on the server route", _int_in(1, 10_000)),
-    Setting("LOVENSE_LAN_RATE", "lan_rate", "10", "calls/s",
-            "per-uid rate of calls on the LAN route", _float_in(0.01, 10_000)),
-    Setting("LOVENSE_LAN_BURST", "lan_burst", "10", "calls",
-            "per-uid burst of calls on the LAN route", _int_in(1, 10_000)),
-    Setting("LOVENSE_SERVER_MAX_RPS", "server_max_rps", "100", "calls/s",
-            "cap on server-route calls per worker process (size it as the account's limit "
-            "divided by the replicas)", _float_in(0.1, 1_000_000)),
-    Setting("LOVENSE_BATCH_WINDOW_MS", "batch_window_ms", "20", "ms",
-            "identical commands for different users arriving within this window share one "
-            "server call (0 turns merging off)", _int_in(0, 10_000)),
-    Setting("LOVENSE_LAN_FANOUT", "lan_fanout", "100", "calls",
-            "most concurrent LAN calls of one multi-user message", _int_in(1, 100_000)),
-    Setting("LOVENSE_MAX_TIME_SEC", "max_time_sec", "0", "s",
-            "when set, timeSec 0 (until stopped) and longer times are capped to it; 0 = off",
-            _int_in(0, 86_400)),
-    Setting("LOVENSE_STOP_RETRY_S", "stop_retry_s", "30", "s",
-            "how long a Stop keeps retrying before its result is failed", _int_in(0, 3600)),
-    Setting("LOVENSE_ALLOW_UNVERIFIED_CALLBACKS", "allow_unverified_callbacks", "0", "0|1",
-            "accept callbacks without a verifiable utoken when LOVENSE_UTOKEN_SECRET is unset "
-            "(unsafe; the worker warns at start-up)", _flag),
-    Setting("LOVENSE_LAN_TTL_S", "lan_ttl_s", "86400", "s",
-            "a LAN endpoint not refreshed by a callback within this is forgotten; also the "
-            "callback log's max age", _int_in(60, 30 * 86400)),
-    Setting("LOVENSE_SNAPSHOT_INTERVAL_S", "snapshot_interval_s", "300", "s",
-            "how often a replica writes a registry snapshot (start-up reads the newest, then "
-            "the log after it)", _int_in(5, 86400)),
-    Setting("LOVENSE_BREAKER_FAILURES", "breaker_failures", "3", "calls",
-            "LAN calls in a row that never reached an app before its circuit opens",
-            _int_in(1, 1000)),
-    Setting("LOVENSE_BREAKER_COOLDOWN_S", "breaker_cooldown_s", "30", "s",
-            "how long an open circuit skips the app's LAN endpoint before one trial call",
-            _int_in(1, 86400)),
-    Setting("LOVENSE_RECENT_IDS", "recent_ids", "100000", "ids",
-            "finished command ids remembered, so a redelivered or repeated one is answered "
-            "again without a second call", _int_in(0, 10_000_000)),
-    Setting("LOVENSE_MAX_DELIVERIES", "max_deliveries", "5", "deliveries",
-            "a message delivered this many times is given up on: failed result, lovense.dead",
-            _int_in(1, 19)),
-    Setting("LOVENSE_REPLICAS", "replicas", "1", "replicas",
-            "how many worker replicas share the shards (at most LOVENSE_SHARDS)",
-            _int_in(1, 1024)),
-    Setting("LOVENSE_REPLICA", "replica", "", "ordinal",
-            "this replica's ordinal 0…LOVENSE_REPLICAS-1; default: the -N suffix of the "
-            "hostname (a StatefulSet pod's ordinal), else 0", _ordinal),
-    Setting("LOVENSE_HTTP_CONNECTIONS", "http_connections", "512", "connections",
-            "most open HTTP connections per route", _int_in(1, 100_000)),
-    Setting("LOVENSE_MAX_TOYS", "max_toys", "32", "toy ids",
-            "most toy ids one command may name (a Stop naming more stops every toy of its "
-            "users)", _int_in(1, 1024)),
-    Setting("LOVENSE_MAX_UIDS", "max_uids", "10000", "users",
-            "most users one message may name (a Stop naming more is carried out for all)",
-            _int_in(1, 100_000)),
-    Setting("LOVENSE_MAX_ACTION_LENGTH", "max_action_length", "256", "characters",
-            "longest Function action", _int_in(16, 65_536)),
-    Setting("LOVENSE_MAX_RULE_LENGTH", "max_rule_length", "64", "characters",
-            "longest Pattern rule", _int_in(16, 4096)),
-    Setting("LOVENSE_MAX_STRENGTH_LENGTH", "max_strength_length", "256", "characters",
-            "longest Pattern strength", _int_in(16, 65_536)),
-    Setting("LOVENSE_WIDE_STOP_USERS", "wide_stop_users", "20000", "users",
-            "users of multi-user Stops whose calls run at once; a wider burst's watermarks "
-            "apply on arrival and its calls wait for room", _int_in(1, 10_000_000)),
-    Setting("LOVENSE_RECENT_BYTES", "recent_bytes", "67108864", "bytes",
-            "memory budget of the finished command ids (LOVENSE_RECENT_IDS); over it the "
-            "oldest go first", _int_in(0, 2**40)),
-    Setting("LOVENSE_WATERMARK_BYTES", "watermark_bytes", "33554432", "bytes",
-            "memory budget of the Stop watermarks; over it a user's per-toy marks merge into "
-            "one mark for every toy (none younger than the Stop log's hour is dropped)",
-            _int_in(1 << 20, 2**40)),
-)
+# -- declarations: a Settings field carrying its Setting ------------------------------------------
+
+_SETTING: Final = "setting"
+#: A companion ``*_FILE`` variable naming a file that holds the value (it wins when set).
+_FILE: Final = "file"
 
 
+def _declare(env: str, default: _T, written: str, parse: Callable[[str], _T], unit: str,
+             meaning: str, *, bounds: tuple[float, float] | None = None, note: str = "",
+             auto: str = "", file: Setting | None = None) -> _T:
+    """Return a field whose default is ``default``, read from ``env`` (written ``written``)."""
+    setting = Setting(env, written, unit, meaning, parse, bounds, note, auto)
+    return field(default=default, metadata={_SETTING: setting, _FILE: file})
 
-def _choice(raw: str, allowed: tuple[str, ...]) -> str:
-    if raw not in allowed:
-        raise ValueError(f"must be one of {', '.join(allowed)}, got {raw!r}")
-    return raw
+
+def _int(env: str, default: int, low: int, high: int, unit: str, meaning: str, *,
+         note: str = "") -> int:
+    return _declare(env, default, str(default), _int_in(low, high), unit, meaning,
+                    bounds=(low, high), note=note)
+
+
+def _float(env: str, default: float, low: float, high: float, unit: str, meaning: str) -> float:
+    return _declare(env, default, f"{default:g}", _float_in(low, high), unit, meaning,
+                    bounds=(low, high))
+
+
+def _str(env: str, default: str, parse: Callable[[str], str], unit: str, meaning: str) -> str:
+    return _declare(env, default, default, parse, unit, meaning)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The worker's configuration, read once at start-up."""
 
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
-    developer_token: Secret = field(default_factory=lambda: Secret(""))
-    utoken_secret: Secret = field(default_factory=lambda: Secret(""))
-    api_base: str = "https://api.lovense-api.com"
-    platform: str = "lovense-worker"
-    lan_allow: Networks = ()
-    lan_ca_file: Path | None = None
-    shards: int = 4
-    prefetch: int = 256
-    metrics_port: int = 9464
-    metrics_host: str = "0.0.0.0"
-    shutdown_grace_s: int = 20
-    log_format: str = "console"
-    log_level: str = "info"
-    default_ttl_ms: int = 10_000
-    server_timeout_ms: int = 5_000
-    lan_timeout_ms: int = 3_000
-    max_uids_per_call: int = 50
-    key_queue: int = 16
-    server_rate: float = 2.0
-    server_burst: int = 4
-    lan_rate: float = 10.0
-    lan_burst: int = 10
-    server_max_rps: float = 100.0
-    batch_window_ms: int = 20
-    lan_fanout: int = 100
-    max_time_sec: int = 0
-    stop_retry_s: int = 30
-    allow_unverified_callbacks: bool = False
-    lan_ttl_s: int = 86400
-    snapshot_interval_s: int = 300
-    breaker_failures: int = 3
-    breaker_cooldown_s: int = 30
-    recent_ids: int = 100_000
-    max_deliveries: int = 5
-    replicas: int = 1
-    replica: int = 0
-    http_connections: int = 512
-    max_toys: int = 32
-    max_uids: int = 10_000
-    max_action_length: int = 256
-    max_rule_length: int = 64
-    max_strength_length: int = 256
-    wide_stop_users: int = 20_000
-    recent_bytes: int = 64 * 1024 * 1024
-    watermark_bytes: int = 32 * 1024 * 1024
+    amqp_url: str = _str(
+        "LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/", _amqp_url, "URL",
+        "RabbitMQ to consume commands from and publish results to")
+    developer_token: Secret = _declare(
+        "LOVENSE_DEVELOPER_TOKEN", Secret(""), "", Secret, "secret",
+        "Lovense developer token for the server route; never logged, never in a result or "
+        "`repr`",
+        file=Setting("LOVENSE_DEVELOPER_TOKEN_FILE", "", "path",
+                     "file holding the developer token (wins over `LOVENSE_DEVELOPER_TOKEN`)",
+                     _file_text))
+    utoken_secret: Secret = _declare(
+        "LOVENSE_UTOKEN_SECRET", Secret(""), "", Secret, "secret",
+        "key of the per-user `utoken`, HMAC-SHA256(uid), sent with GetQrCode")
+    api_base: str = _str(
+        "LOVENSE_API_BASE", "https://api.lovense-api.com", _url, "URL",
+        "Lovense server API base; `http://127.0.0.1:PORT` for the simulator")
+    platform: str = _str(
+        "LOVENSE_PLATFORM", "lovense-worker", _platform, "text",
+        "`X-platform` header on LAN calls (shown in Lovense Remote)")
+    lan_allow: Networks = _declare(
+        "LOVENSE_LAN_ALLOW", (), "", _networks, "CIDR list",
+        "networks the LAN route may connect to; empty turns the LAN route off")
+    lan_ca_file: Path | None = _declare(
+        "LOVENSE_LAN_CA_FILE", None, "", _existing_file, "path",
+        "extra CA bundle trusted for LAN TLS, on top of the system roots")
+    shards: int = _int(
+        "LOVENSE_SHARDS", 4, 1, 1024, "queues",
+        "number of command shard queues `lovense.commands.N`")
+    prefetch: int = _int(
+        "LOVENSE_PREFETCH", 256, 1, 65535, "messages",
+        "unacked commands one process holds, split evenly over its shards")
+    metrics_port: int = _int(
+        "LOVENSE_METRICS_PORT", 9464, 0, 65535, "port",
+        "port of `/metrics`, `/healthz` and `/readyz` (0 turns the endpoint off)")
+    metrics_host: str = _str(
+        "LOVENSE_METRICS_HOST", "0.0.0.0", str, "address",
+        "address the metrics and health endpoint binds to")
+    shutdown_grace_s: int = _int(
+        "LOVENSE_SHUTDOWN_GRACE_S", 20, 0, 3600, "s",
+        "on SIGTERM/SIGINT, how long calls in flight may finish before the worker exits")
+    log_format: str = _declare(
+        "LOVENSE_LOG_FORMAT", "console", "", _log_format, "`json`/`console`", "log format",
+        auto="console on a terminal, else `json`")
+    log_level: str = _str(
+        "LOVENSE_LOG_LEVEL", "info", _one_of(LOG_LEVELS), "level",
+        "`debug`, `info`, `warning` or `error`")
+    default_ttl_ms: int = _int(
+        "LOVENSE_DEFAULT_TTL_MS", 10_000, 1, 86_400_000, "ms",
+        "deadline of a command without `ttlMs`, from its publish time")
+    server_timeout_ms: int = _int(
+        "LOVENSE_SERVER_TIMEOUT_MS", 5_000, 1, 600_000, "ms",
+        "timeout of one call to the Lovense server API")
+    lan_timeout_ms: int = _int(
+        "LOVENSE_LAN_TIMEOUT_MS", 3_000, 1, 600_000, "ms",
+        "timeout of one call to a Lovense Remote app on the LAN")
+    max_uids_per_call: int = _int(
+        "LOVENSE_MAX_UIDS_PER_CALL", 50, 1, 1000, "users",
+        "most users comma-joined into one server call")
+    key_queue: int = _int(
+        "LOVENSE_KEY_QUEUE", 16, 1, 10_000, "commands",
+        "`stopPrevious: 0` commands, and separately PatternV2 and queries, kept per (uid, toy) "
+        "key; overflow drops the oldest")
+    server_rate: float = _float(
+        "LOVENSE_SERVER_RATE", 2.0, 0.01, 10_000, "calls/s",
+        "per-uid rate of calls on the server route")
+    server_burst: int = _int(
+        "LOVENSE_SERVER_BURST", 4, 1, 10_000, "calls", "per-uid burst on the server route")
+    lan_rate: float = _float(
+        "LOVENSE_LAN_RATE", 10.0, 0.01, 10_000, "calls/s",
+        "per-uid rate of calls on the LAN route")
+    lan_burst: int = _int(
+        "LOVENSE_LAN_BURST", 10, 1, 10_000, "calls", "per-uid burst on the LAN route")
+    server_max_rps: float = _float(
+        "LOVENSE_SERVER_MAX_RPS", 100.0, 0.1, 1_000_000, "calls/s",
+        "cap on server-route calls per worker process: set it to your account's limit divided "
+        "by the number of replicas")
+    batch_window_ms: int = _int(
+        "LOVENSE_BATCH_WINDOW_MS", 20, 0, 10_000, "ms",
+        "identical toy-less commands for different users arriving within this window share "
+        "one server call (0 turns merging off)")
+    lan_fanout: int = _int(
+        "LOVENSE_LAN_FANOUT", 100, 1, 100_000, "calls",
+        "most concurrent LAN calls of one multi-user message")
+    max_time_sec: int = _int(
+        "LOVENSE_MAX_TIME_SEC", 0, 0, 86_400, "s",
+        "when set, `timeSec` 0 and longer times are capped to it (see \"Safety cap\")",
+        note="off")
+    stop_retry_s: int = _int(
+        "LOVENSE_STOP_RETRY_S", 30, 0, 3600, "s",
+        "how long a Stop keeps retrying before its result is `failed`")
+    allow_unverified_callbacks: bool = _declare(
+        "LOVENSE_ALLOW_UNVERIFIED_CALLBACKS", False, "0", _flag, "0/1",
+        "accept callbacks without a verifiable utoken when `LOVENSE_UTOKEN_SECRET` is unset "
+        "(unsafe; the worker warns at start-up)")
+    lan_ttl_s: int = _int(
+        "LOVENSE_LAN_TTL_S", 86400, 60, 30 * 86400, "s",
+        "a LAN endpoint not refreshed by a callback within this is forgotten; also the "
+        "callback log's max age")
+    snapshot_interval_s: int = _int(
+        "LOVENSE_SNAPSHOT_INTERVAL_S", 300, 5, 86400, "s",
+        "how often a replica writes a registry snapshot")
+    breaker_failures: int = _int(
+        "LOVENSE_BREAKER_FAILURES", 3, 1, 1000, "calls",
+        "LAN calls in a row that never reached an app before its circuit opens")
+    breaker_cooldown_s: int = _int(
+        "LOVENSE_BREAKER_COOLDOWN_S", 30, 1, 86400, "s",
+        "how long an open circuit skips an app before one trial call")
+    recent_ids: int = _int(
+        "LOVENSE_RECENT_IDS", 100_000, 0, 10_000_000, "ids",
+        "finished command ids remembered, so a redelivered or repeated one is answered again "
+        "without a second call")
+    max_deliveries: int = _int(
+        "LOVENSE_MAX_DELIVERIES", 5, 1, 19, "deliveries",
+        "a message whose `x-delivery-count` reaches this is given up on: `failed` result, "
+        "then `lovense.dead`")
+    replicas: int = _int(
+        "LOVENSE_REPLICAS", 1, 1, 1024, "replicas",
+        "how many worker replicas share the shards (at most `LOVENSE_SHARDS`)")
+    replica: int = _declare(
+        "LOVENSE_REPLICA", 0, "", _ordinal, "ordinal",
+        "this replica's ordinal, 0 … `LOVENSE_REPLICAS`-1 (a StatefulSet pod's ordinal)",
+        bounds=(0, 1023), auto="the hostname's `-N` suffix, else `0`")
+    http_connections: int = _int(
+        "LOVENSE_HTTP_CONNECTIONS", 512, 1, 100_000, "connections",
+        "most open HTTP connections per route")
+    max_toys: int = _int(
+        "LOVENSE_MAX_TOYS", 32, 1, 1024, "toy ids",
+        "most toy ids one command may name; a Stop naming more stops every toy of its users")
+    max_uids: int = _int(
+        "LOVENSE_MAX_UIDS", 10_000, 1, 100_000, "users",
+        "most users one message may name; a Stop naming more is carried out for all of them")
+    max_action_length: int = _int(
+        "LOVENSE_MAX_ACTION_LENGTH", 256, 16, 65_536, "characters", "longest Function `action`")
+    max_rule_length: int = _int(
+        "LOVENSE_MAX_RULE_LENGTH", 64, 16, 4096, "characters", "longest Pattern `rule`")
+    max_strength_length: int = _int(
+        "LOVENSE_MAX_STRENGTH_LENGTH", 256, 16, 65_536, "characters",
+        "longest Pattern `strength`")
+    wide_stop_users: int = _int(
+        "LOVENSE_WIDE_STOP_USERS", 20_000, 1, 10_000_000, "users",
+        "users of multi-user Stops whose calls run at once; the watermarks of a wider burst "
+        "apply on arrival, its calls wait for room")
+    recent_bytes: int = _int(
+        "LOVENSE_RECENT_BYTES", 64 * 1024 * 1024, 0, 2**40, "bytes",
+        "memory budget of the finished command ids; over it (or over `LOVENSE_RECENT_IDS`) the "
+        "oldest go first", note="64 MiB")
+    watermark_bytes: int = _int(
+        "LOVENSE_WATERMARK_BYTES", 32 * 1024 * 1024, 1 << 20, 2**40, "bytes",
+        "memory budget of the Stop watermarks; over it a user's per-toy marks merge into one "
+        "mark for every toy (none younger than the Stop log's hour is dropped)",
+        note="32 MiB")
 
     def __repr__(self) -> str:
         # The AMQP URL may carry a password; the token is a Secret already.
@@ -350,39 +398,33 @@ class Settings:
         cls,
         environ: Mapping[str, str] | None = None,
         overrides: Mapping[str, str | None] | None = None,
+        *,
+        defaults: Mapping[str, str] | None = None,
+        only: Collection[str] | None = None,
     ) -> Settings:
-        """Build settings from ``LOVENSE_*`` variables, then CLI overrides keyed by variable."""
+        """Build settings from ``LOVENSE_*`` variables (``os.environ`` when not given).
+
+        ``overrides`` (CLI flags, keyed by variable; None = not given) win over the
+        environment; ``defaults`` stand in for variables that are unset or empty;
+        ``only`` reads just these variables and leaves every other setting at its
+        default, for a subcommand that needs one or two.
+        """
+        _check_names(overrides or {}, defaults or {}, only or ())
         env = dict(os.environ if environ is None else environ)
-        for key, value in (overrides or {}).items():
-            if value is not None:
+        for key, value in (defaults or {}).items():
+            if not env.get(key):
                 env[key] = value
+        for key, override in (overrides or {}).items():
+            if override is not None:
+                env[key] = override
         values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            raw = env.get(setting.env, setting.default).strip()
-            if not raw and setting.env == "LOVENSE_LOG_FORMAT":
-                raw = "console" if sys.stderr.isatty() else "json"
-            try:
-                values[setting.attr] = setting.parse(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{setting.env}: {exc}") from None
-        token_file: Path | None = values.pop("developer_token_file")
-        token: str = values.pop("developer_token")
-        if token_file is not None:
-            token = token_file.read_text(encoding="utf-8").strip()
-            if not token:
-                raise ConfigError("LOVENSE_DEVELOPER_TOKEN_FILE: the file is empty")
-        values["utoken_secret"] = Secret(values["utoken_secret"])
-        if values["replica"] < 0:
-            values["replica"] = _hostname_ordinal() if values["replicas"] > 1 else 0
-        if values["replicas"] > values["shards"]:
-            raise ConfigError(
-                f"LOVENSE_REPLICAS: {values['replicas']} replicas for {values['shards']} shards "
-                "would leave replicas idle; keep it at most LOVENSE_SHARDS")
-        if values["replica"] >= values["replicas"]:
-            raise ConfigError(
-                f"LOVENSE_REPLICA: ordinal {values['replica']} is not below LOVENSE_REPLICAS "
-                f"({values['replicas']})")
-        return cls(developer_token=Secret(token), **values)
+        for attr, setting, file in _DECLARED:
+            if only is not None and setting.env not in only:
+                continue
+            values[attr] = setting.read(env)
+            if file is not None and (text := file.read(env)) is not None:
+                values[attr] = setting.parse(text)
+        return _resolved(cls(**values))
 
     @property
     def caps(self) -> Caps:
@@ -394,6 +436,41 @@ class Settings:
     def lan_enabled(self) -> bool:
         """Return whether the LAN route may be used at all."""
         return bool(self.lan_allow)
+
+
+#: Each Settings attribute with its variable and, for the developer token, its ``*_FILE`` twin.
+_DECLARED: Final[tuple[tuple[str, Setting, Setting | None], ...]] = tuple(
+    (f.name, f.metadata[_SETTING], f.metadata[_FILE]) for f in dataclasses.fields(Settings))
+
+#: Every variable, in the order of the README's configuration table.
+SETTINGS: Final[tuple[Setting, ...]] = tuple(
+    s for _attr, setting, file in _DECLARED for s in (setting, file) if s is not None)
+
+#: The variable of each Settings attribute (``"shards"`` → ``"LOVENSE_SHARDS"``).
+VARIABLES: Final[Mapping[str, str]] = {attr: setting.env for attr, setting, _ in _DECLARED}
+
+
+def _check_names(*groups: Collection[str]) -> None:
+    known = {s.env for s in SETTINGS}
+    unknown = sorted({name for names in groups for name in names} - known)
+    if unknown:
+        raise ValueError(f"not LOVENSE_* settings: {', '.join(unknown)}")
+
+
+def _resolved(settings: Settings) -> Settings:
+    """Return ``settings`` with the replica ordinal resolved, once its limits are checked."""
+    if settings.replica < 0:
+        ordinal = _hostname_ordinal() if settings.replicas > 1 else 0
+        settings = dataclasses.replace(settings, replica=ordinal)
+    if settings.replicas > settings.shards:
+        raise ConfigError(
+            f"LOVENSE_REPLICAS: {settings.replicas} replicas for {settings.shards} shards "
+            "would leave replicas idle; keep it at most LOVENSE_SHARDS")
+    if settings.replica >= settings.replicas:
+        raise ConfigError(
+            f"LOVENSE_REPLICA: ordinal {settings.replica} is not below LOVENSE_REPLICAS "
+            f"({settings.replicas})")
+    return settings
 
 
 def _redact_url(url: str) -> str:
