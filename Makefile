@@ -67,6 +67,6 @@ schemas: install  ## regenerate schemas/ from the msgspec types
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-docs:  ## regenerate the README's configuration table and layout tables from the code
-	$(PYTHON) scripts/settings_table.py
-	$(PYTHON) scripts/layout.py
+docs: install  ## regenerate the README's configuration table and layout tables from the code
+	$(BIN)/python scripts/settings_table.py
+	$(BIN)/python scripts/layout.py
