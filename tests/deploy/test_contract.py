@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import msgspec
@@ -103,8 +103,10 @@ def test_every_example_validates_against_its_schemas(doc: dict[str, Any]) -> Non
 
 def test_both_schemas_refuse_what_the_worker_refuses(doc: dict[str, Any]) -> None:
     """A command with a misspelt field fails the JSON Schema file and the document's schema."""
-    good = {"command": "Function", "uid": "user-42", "action": "Vibrate:5", "timeSec": 3}
-    misspelt = {"command": "Function", "uid": "user-42", "action": "Vibrate:5", "timesec": 3}
+    good: dict[str, Any] = {"command": "Function", "uid": "user-42", "action": "Vibrate:5",
+                            "timeSec": 3}
+    misspelt: dict[str, Any] = {"command": "Function", "uid": "user-42", "action": "Vibrate:5",
+                                "timesec": 3}
     standalone = jsonschema.Draft202012Validator(load_json(SCHEMAS / "command.schema.json"))
     in_doc = _in_doc(doc, "/components/messages/command/payload")
     assert (standalone.is_valid(good), standalone.is_valid(misspelt)) == (True, False)
@@ -189,7 +191,7 @@ def test_result_routing_keys_cover_every_status_and_command(doc: dict[str, Any])
     """lovense.results' <status>.<command> parameters list every status and command name."""
     results = doc["channels"]["results"]
     assert results["address"] == "{status}.{command}"
-    assert results["parameters"]["status"]["enum"] == list(Status.__args__)
+    assert results["parameters"]["status"]["enum"] == list(get_args(Status))
     assert set(results["parameters"]["command"]["enum"]) == set(COMMAND_NAMES) | {"unknown"}
 
 

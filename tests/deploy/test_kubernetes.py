@@ -15,7 +15,7 @@ import subprocess
 from functools import cache
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # kubernetes-validate ships no types
 import pytest
 import yaml
 

@@ -67,7 +67,7 @@ async def publish_load(producer: Producer, scenario: str, commands: int, users: 
         load.sent.append(Sent(ident, uid, key, now_ms, now_ms + ttl_ms, key == 0.0))
         pause = started + (n + 1) * gap - time.monotonic()
         if pause > 0:
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # deliberate timing: the load's steady publish rate
     return load
 
 
@@ -84,7 +84,7 @@ async def publish_until_sent(producer: Producer, body: dict[str, Any]) -> int:
             await producer.publish(body, headers={PUBLISHED_MS_HEADER: published_ms})
             return published_ms
         except Exception:  # noqa: BLE001 - any broker trouble: wait and try again
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # deliberate timing: a careful producer's retry pause
     raise RuntimeError("the broker did not come back within a minute")
 
 
@@ -142,8 +142,8 @@ def check(scenario: str, load: Load, results: ResultLog, sim: Simulator,
         arrivals = calls.get((sent.uid, sent.key), [])
         if len(arrivals) > 1:
             duplicates += 1
-            result = finals.get(sent.ident)
-            if result is not None and (result.attempts > 1 or result.redelivered or killed):
+            final = finals.get(sent.ident)
+            if final is not None and (final.attempts > 1 or final.redelivered or killed):
                 explained += 1
         overdue = [at - sent.deadline_ms for at in arrivals
                    if at > sent.deadline_ms + TRANSIT_SLACK_MS]
@@ -180,4 +180,4 @@ async def wait_for_all(results: ResultLog, load: Load, timeout: float) -> None:
     while time.monotonic() < deadline:
         if all(s.ident in results.by_id for s in load.sent):
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # this condition's poll; missing results are counted as lost

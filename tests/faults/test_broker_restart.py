@@ -7,7 +7,7 @@ import subprocess
 
 import httpx
 
-from tests.integration.support import AMQP_URL, free_port, worker_settings
+from tests.integration.support import AMQP_URL, free_port, until, worker_settings
 from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
 from worker.simulator import Simulator
@@ -19,9 +19,11 @@ async def readyz(port: int) -> int:
 
 
 async def until_status(port: int, status: int, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while await readyz(port) != status:
-            await asyncio.sleep(0.25)
+    """Wait until the worker's /readyz answers ``status``."""
+    async def answers() -> bool:
+        return await readyz(port) == status
+
+    await until(answers, timeout, what=f"/readyz answers {status}")
 
 
 def rabbitmqctl(*args: str) -> None:

@@ -122,7 +122,7 @@ async def run_scenario(name: str, sim: Simulator, results: DurableResults, fault
         async with Producer(AMQP_URL) as producer:
             publishing = asyncio.create_task(
                 publish_load(producer, name, COMMANDS, USERS, TTL_MS, RATE))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # deliberate fault timing: the fault hits a running load
             await fault(sim, workers)
             load = await publishing
         sim.set_faults()
@@ -145,10 +145,10 @@ async def run_scenario(name: str, sim: Simulator, results: DurableResults, fault
     # never answered from memory: a redelivered or re-published one is sent again, so only
     # its times and attempts may differ.
     for sent in load.sent if not killed else ():
-        first, *repeats = results.all.get(sent.ident, [None])
-        for repeat in repeats:
+        answers = results.all.get(sent.ident, [])
+        for repeat in answers[1:]:
+            first = answers[0]
             if sent.stop:
-                assert first is not None
                 repeat = msgspec.structs.replace(
                     repeat, receivedAt=first.receivedAt, completedAt=first.completedAt,
                     attempts=first.attempts)
@@ -175,14 +175,16 @@ async def close_connections(sim: Simulator, workers: list[WorkerProcess]) -> Non
 async def rabbitmq_down_10s(sim: Simulator, workers: list[WorkerProcess]) -> None:
     await asyncio.to_thread(rabbitmqctl, "stop_app")
     try:
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # deliberate fault timing: the scenario is 10 s without a broker
     finally:
         await asyncio.to_thread(rabbitmqctl, "start_app")
 
 
-def upstream(**faults: object) -> Fault:
+def upstream(delay_ms: int | None = None, code: int | None = None, share: float = 1.0,
+             mode: str | None = None) -> Fault:
+    """Return a fault that sets the simulator's faults (Simulator.set_faults' keywords)."""
     async def apply(sim: Simulator, workers: list[WorkerProcess]) -> None:
-        sim.set_faults(**faults)  # type: ignore[arg-type]
+        sim.set_faults(delay_ms=delay_ms, code=code, share=share, mode=mode)
 
     return apply
 
@@ -190,7 +192,7 @@ def upstream(**faults: object) -> Fault:
 async def mix(sim: Simulator, workers: list[WorkerProcess]) -> None:
     sim.set_faults(mode="reset", share=0.1)
     await asyncio.to_thread(close_worker_connections)
-    await asyncio.sleep(0.7)
+    await asyncio.sleep(0.7)  # deliberate fault timing: the SIGKILL hits mid-reconnect
     await sigkill_and_restart(sim, workers)
     sim.set_faults(code=500, share=0.2)
 

@@ -1,15 +1,21 @@
-"""Helpers shared by the integration tests: result capture, broker purge, settings."""
+"""Helpers shared by the integration tests: waiting on conditions, result capture, broker purge,
+settings.
+
+Tests wait on conditions, never on time: :func:`until` for every eventual assertion,
+:meth:`ResultLog.wait_for` for a result, the simulator's ``hold()`` for a call in flight.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +33,24 @@ from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 AMQP_URL = os.environ.get("LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 SHARDS = 4
+#: How often :func:`until` looks again: short beside any timeout, long beside a loop turn.
+POLL_S = 0.02
+
+Check = Callable[[], bool] | Callable[[], Awaitable[bool]]
+
+
+async def until(check: Check, timeout: float = 10.0, what: str = "") -> None:
+    """Wait until ``check()`` (plain or awaitable) is true; fail after ``timeout`` seconds."""
+    async def holds() -> bool:
+        value = check()
+        return bool(await value if inspect.isawaitable(value) else value)
+
+    try:
+        async with asyncio.timeout(timeout):
+            while not await holds():
+                await asyncio.sleep(POLL_S)  # the condition's poll, not a wait on the system
+    except TimeoutError:
+        raise AssertionError(f"not true within {timeout} s: {what or check}") from None
 
 
 class ResultLog:
@@ -53,6 +77,18 @@ class ResultLog:
                 self._changed.clear()
                 await self._changed.wait()
         return self.by_id[ident]
+
+
+async def unanswered(results: ResultLog, idents: Iterable[str], timeout: float) -> list[str]:
+    """Wait up to ``timeout`` seconds for a result to every id; return those still missing."""
+    wanted = list(idents)
+    try:
+        async with asyncio.timeout(timeout):
+            for ident in wanted:
+                await results.wait_for(ident, timeout)
+    except TimeoutError:
+        pass
+    return sorted(i for i in wanted if i not in results.by_id)
 
 
 LogT = TypeVar("LogT", bound=ResultLog)
@@ -122,7 +158,7 @@ async def dead_letters(expected: int, timeout: float = 10.0) -> list[AbstractInc
             while len(taken) < expected:
                 message = await queue.get(no_ack=True, fail=False)
                 if message is None:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # this condition's poll: the queue is empty now
                     continue
                 taken.append(message)
         return taken
@@ -200,7 +236,7 @@ class WorkerProcess:
                         return
                 except httpx.TransportError:
                     pass
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # this condition's poll: /readyz is not 200 yet
 
     async def metric(self, name: str) -> float:
         """Return the sum of a metric's samples on this process's /metrics."""

@@ -3,7 +3,6 @@ nothing, and makes the worker dial nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from typing import Any
 
@@ -14,6 +13,7 @@ from tests.integration.support import (
     ResultLog,
     dead_letters,
     recording_client,
+    until,
     worker_settings,
 )
 from tests.integration.test_pairing import SECRET, post_callback
@@ -23,6 +23,7 @@ from worker.core.bodies import utoken_for
 from worker.simulator import Simulator
 
 UID = "forged-user"
+MARKER_UID = "forged-marker-user"
 
 
 def callback(listener_port: int, **changes: Any) -> dict[str, Any]:
@@ -35,6 +36,12 @@ def callback(listener_port: int, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return {k: v for k, v in body.items() if v is not ...}
+
+
+def marker(sim: Simulator) -> dict[str, Any]:
+    """Return a genuine callback of another user, on an allowed address: the door takes it."""
+    return {**sim.callback_body(sim.apps[0].uid), "uid": MARKER_UID,
+            "utoken": utoken_for(MARKER_UID, SECRET.reveal())}
 
 
 def hostile(port: int) -> dict[str, bytes]:
@@ -87,7 +94,10 @@ async def test_forged_callbacks_are_refused_and_dial_nothing(
             await post_callback(body)
         dead = await dead_letters(len(cases), timeout=20)
         reasons = {m.body: str(m.headers["x-lovense-error"]) for m in dead}
-        await asyncio.sleep(0.2)  # let every replica's log follower see them too
+        # A good callback after the forged ones: once the log follower has applied it, it has
+        # applied everything the door let through before it.
+        await post_callback(marker(sim))
+        await until(lambda: MARKER_UID in worker.registry, what="the marker callback applied")
         assert UID not in worker.registry
         after = await producer.call({"command": "Function", "uid": UID, "action": "Vibrate:3",
                                      "timeSec": 2})

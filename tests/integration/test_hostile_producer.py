@@ -4,11 +4,10 @@ command, oversized lists are refused (never for a Stop), and a restart calls nob
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -26,6 +25,8 @@ from tests.integration.support import (
     capturing_results,
     dead_letters,
     ready_messages,
+    unanswered,
+    until,
     worker_settings,
 )
 from tests.integration.test_pairing import SECRET
@@ -158,29 +159,6 @@ def check_hostile_result(item: Hostile, result: Result) -> None:
         assert result.message == LONG_ID_ERROR
 
 
-async def unanswered(results: ResultLog, idents: Iterable[str], timeout: float) -> list[str]:
-    """Wait up to ``timeout`` seconds for a result to every id; return those still missing."""
-    wanted = list(idents)
-    try:
-        async with asyncio.timeout(timeout):
-            for ident in wanted:
-                await results.wait_for(ident, timeout)
-    except TimeoutError:
-        pass
-    return sorted(i for i in wanted if i not in results.by_id)
-
-
-async def until(check: Callable[[], bool], timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``check()``; return whether it came true."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        return check()
-    return True
-
-
 def called_uids(sim: Simulator, action: str | None = None) -> list[str]:
     """Return the uid of every server call (comma-joined ones split), optionally one action."""
     uids: list[str] = []
@@ -208,7 +186,7 @@ async def ordinary_traffic_flows(sim: Simulator, producer: Producer, results: Re
                                       "id": f"{tag}-stop"})
     assert await unanswered(results, idents, 30) == []
     assert {results.by_id[i].status for i in idents} == {"ok"}
-    assert await until(lambda: stop_uid in called_uids(sim, "Stop"), 20)
+    await until(lambda: stop_uid in called_uids(sim, "Stop"), 20, what=f"a Stop for {stop_uid}")
     stop = await results.wait_for(stop_id, 20)
     assert (stop.status, stop.command) == ("ok", "Stop")
 
@@ -285,7 +263,7 @@ async def test_hostile_callbacks_never_stall_the_callback_queue(
         forged = {**valid, "utoken": "0" * 64}
         await raw.publish(msgspec.json.encode(forged), exchange=topology.CALLBACKS_EXCHANGE,
                           message_id="callback-forged")
-        assert await until(lambda: worker.registry.get(app.uid) is not None, 20)
+        await until(lambda: worker.registry.get(app.uid) is not None, 20, what="callback-valid")
         dead = await dead_letters(len(batch) + 1, timeout=30)
         await ordinary_traffic_flows(sim, producer, results, "callbacks")
     reasons = {str(m.message_id): str(m.headers.get(topology.ERROR_HEADER)) for m in dead}

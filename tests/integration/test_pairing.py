@@ -10,7 +10,7 @@ from typing import Any
 import aio_pika
 import msgspec
 
-from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess, worker_settings
+from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess, until, worker_settings
 from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
 from worker.config import Secret
@@ -29,13 +29,6 @@ async def post_callback(body: dict[str, Any] | bytes) -> None:
         channel = await connection.channel()
         exchange = await channel.get_exchange(topology.CALLBACKS_EXCHANGE)
         await exchange.publish(aio_pika.Message(raw), routing_key="")
-
-
-async def until(check: Any, timeout: float = 10.0) -> None:
-    """Wait until ``check()`` is true."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 async def pair(sim: Simulator, producer: Producer, uid: str) -> dict[str, Any]:
@@ -103,7 +96,9 @@ async def test_a_snapshot_older_than_the_lookback_is_still_found(
         await worker.registry_log.close()  # no more snapshots of its own
         await worker.registry_log.write_snapshot()
         written = worker.registry_log.written_snapshot
-    await asyncio.sleep(2.5)  # older than 2 intervals of 1 s
+    # Deliberate timing: the snapshot's age on the broker's clock is what this test is about;
+    # 2.5 s makes it older than the 2 intervals of 1 s that start-up reads first.
+    await asyncio.sleep(2.5)
     async with Worker(settings) as later:
         assert later.registry_log is not None
         assert later.registry_log.loaded_snapshot == written
@@ -127,6 +122,8 @@ async def test_lan_app_going_away_falls_back_and_the_circuit_opens_and_closes(
         tried_lan = [r for r in sim.requests if r.side == "lan"]
         open_gauge = worker.metrics.circuits_open.labels("lan")._value.get()
         await app.go_online()
+        # Deliberate timing: the circuit's cool-down (1 s on the monotonic clock, from its
+        # opening above) is what this test is about; after it one trial call may go.
         await asyncio.sleep(1.1)
         sim.clear()
         back = await producer.call({"command": "Function", "uid": app.uid,
@@ -194,9 +191,11 @@ async def _endpoint_survives_sigkill(sim: Simulator, producer: Producer) -> None
     # Earlier tests' users are in the log too: wait for this one to be added to them.
     known_before = await first.metric("lovense_worker_registry_users")
     await pair(sim, producer, app.uid)
-    async with asyncio.timeout(10):
-        while await first.metric("lovense_worker_registry_users") <= known_before:
-            await asyncio.sleep(0.1)
+
+    async def added() -> bool:
+        return await first.metric("lovense_worker_registry_users") > known_before
+
+    await until(added, what=f"{app.uid} added to the registry")
     await first.signal(signal.SIGKILL)
     restarted = WorkerProcess(sim, **env)
     await restarted.start()

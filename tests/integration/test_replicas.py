@@ -9,22 +9,33 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.support import ResultLog, WorkerProcess
+from tests.integration.support import SHARDS, ResultLog, WorkerProcess, until
 from worker.adapters.amqp.producer import Producer
+from worker.core.assignment import owner_of
 from worker.simulator import Simulator
 
 REPLICAS = 3
 USERS = 24
 ROUND = 5
+#: How many of the SHARDS shards each replica owns.
+OWNED = [float(sum(owner_of(s, REPLICAS) == r for s in range(SHARDS))) for r in range(REPLICAS)]
 
 
 @pytest.fixture
 async def replicas(sim: Simulator, clean_broker: None) -> AsyncIterator[list[WorkerProcess]]:
     started = [WorkerProcess(sim, LOVENSE_REPLICAS=str(REPLICAS), LOVENSE_REPLICA=str(n),
-                             LOVENSE_BATCH_WINDOW_MS="0") for n in range(REPLICAS)]
+                             LOVENSE_SHARDS=str(SHARDS), LOVENSE_BATCH_WINDOW_MS="0")
+               for n in range(REPLICAS)]
     try:
         await asyncio.gather(*(r.start() for r in started))
-        await asyncio.sleep(2.5)  # presence round: stand-ins hand shards back to owners
+
+        async def owners_only() -> bool:
+            counts = [await r.metric("lovense_worker_shards_consumed") for r in started]
+            return counts == OWNED
+
+        # Presence round: a stand-in that got a shard first hands it back once it hears the
+        # owner; every replica then counts only the shards it owns.
+        await until(owners_only, 20, what=f"each replica consumes only its own shards {OWNED}")
         yield started
     finally:
         for replica in started:

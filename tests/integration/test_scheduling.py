@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
-from tests.integration.support import ResultLog, worker_settings
+from tests.integration.support import ResultLog, until, worker_settings
 from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
 from worker.contract import topology
@@ -26,11 +25,13 @@ async def test_newer_command_supersedes_the_waiting_one(
     sim: Simulator, worker: Worker, producer: Producer, results: ResultLog
 ) -> None:
     """While a call is in flight, waiting commands for the key are replaced by the newest."""
-    sim.set_faults(delay_ms=400)
+    gate = sim.hold()
     await producer.publish(vibrate("s1", 1))
-    await asyncio.sleep(0.15)
+    await gate.arrived(1)
     for n in (2, 3, 4):
         await producer.publish(vibrate(f"s{n}", n))
+    await results.wait_for("s3")  # superseded by s4: s4 waits behind s1 now
+    gate.release()
     done = [await results.wait_for(f"s{n}") for n in (1, 2, 3, 4)]
     assert [(r.status, r.supersededBy) for r in done] == [
         ("ok", None), ("superseded", "s3"), ("superseded", "s4"), ("ok", None)]
@@ -42,12 +43,14 @@ async def test_stop_previous_zero_overflow_is_dropped(
     sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
 ) -> None:
     """stopPrevious 0 commands beyond LOVENSE_KEY_QUEUE drop the oldest waiting one."""
-    sim.set_faults(delay_ms=400)
     async with Worker(worker_settings(sim, key_queue=2)):
+        gate = sim.hold()
         await producer.publish(vibrate("d0", 1, stopPrevious=0))
-        await asyncio.sleep(0.15)
+        await gate.arrived(1)
         for n in (1, 2, 3):
             await producer.publish(vibrate(f"d{n}", n + 1, stopPrevious=0))
+        await results.wait_for("d1")  # dropped for d3: d2 and d3 wait behind d0 now
+        gate.release()
         done = [await results.wait_for(f"d{n}") for n in range(4)]
     assert [r.status for r in done] == ["ok", "dropped", "ok", "ok"]
     assert done[1].supersededBy == "d3"
@@ -58,16 +61,18 @@ async def test_ordered_commands_for_one_key_are_bounded_too(
     sim: Simulator, producer: Producer, results: ResultLog, clean_broker: None
 ) -> None:
     """Queries waiting for one user beyond LOVENSE_KEY_QUEUE drop the oldest, in order."""
-    sim.set_faults(delay_ms=400)
 
     def qr(ident: str) -> dict[str, object]:
         return {"command": "GetQrCode", "uid": "sched-user", "uname": "Pat", "id": ident}
 
     async with Worker(worker_settings(sim, key_queue=2)):
+        gate = sim.hold()
         await producer.publish(qr("g0"))
-        await asyncio.sleep(0.15)
+        await gate.arrived(1)
         for n in (1, 2, 3):
             await producer.publish(qr(f"g{n}"))
+        await results.wait_for("g1")  # dropped for g3: g2 and g3 wait behind g0 now
+        gate.release()
         done = [await results.wait_for(f"g{n}") for n in range(4)]
     assert [r.status for r in done] == ["ok", "dropped", "ok", "ok"]
     assert done[1].supersededBy == "g3"
@@ -95,13 +100,16 @@ async def test_stop_on_the_stop_lane_cancels_pending_and_lands_last(
 ) -> None:
     """A Stop on lovense.stop supersedes waiting work and reaches Lovense after the call in
     flight, so the toy ends stopped."""
-    sim.set_faults(delay_ms=400)
+    gate = sim.hold()
     await producer.publish(vibrate("p1", 7))
-    await asyncio.sleep(0.15)
+    await gate.arrived(1)
     await producer.publish(vibrate("p2", 9))
-    await asyncio.sleep(0.05)
+    await until(lambda: worker.runtime.scheduler.pending == 1, what="p2 waits behind p1")
     await producer.publish({"command": "Stop", "uid": "sched-user", "id": "stop-1",
                             "mode": "server"})
+    await results.wait_for("p2")  # superseded: the Stop is in the scheduler
+    assert gate.arrivals == 1  # the Stop waits for p1's answer; it is not sent beside it
+    gate.release()
     done = [await results.wait_for(i) for i in ("p1", "p2", "stop-1")]
     assert [(r.status, r.supersededBy) for r in done] == [
         ("ok", None), ("superseded", "stop-1"), ("ok", None)]

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.support import until
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 from worker.simulator.main import add_arguments, run
 
@@ -378,13 +379,56 @@ async def test_stop_ends_a_hanging_request_promptly() -> None:
     simulator.set_faults(mode="hang")
     async with httpx.AsyncClient() as http:
         call = asyncio.ensure_future(http.post(simulator.server_url + COMMAND, json={}))
-        while not simulator.requests:
-            await asyncio.sleep(0.01)
+        await until(lambda: bool(simulator.requests), what="the hanging request recorded")
         started = time.monotonic()
         await simulator.stop()
         with pytest.raises(httpx.RemoteProtocolError):
             await call
     assert time.monotonic() - started < 1.0
+
+
+async def test_hold_keeps_requests_unanswered_until_released(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """Held requests of both fakes wait unrecorded and unanswered; released, they are answered
+    in arrival order, and later requests pass."""
+    gate = sim.hold()
+    first = asyncio.ensure_future(server(sim, client, COMMAND, signed(fn("Vibrate:1"))))
+    await gate.arrived(1)
+    second = asyncio.ensure_future(lan(sim, client, {"command": "GetToyName"}))
+    await gate.arrived(2)
+    assert (first.done(), second.done(), sim.requests) == (False, False, [])
+    gate.release()
+    assert ((await first)["code"], (await second)["code"]) == (200, 200)
+    assert [r.side for r in sim.requests] == ["server", "lan"]
+    assert (await lan(sim, client, {"command": "GetToyName"}))["code"] == 200
+    assert (gate.arrivals, gate.released) == (3, True)
+
+
+async def test_hold_reports_what_did_not_arrive_and_allows_one_at_a_time(sim: Simulator) -> None:
+    """Waiting for more requests than arrive fails naming the count; a second hold while one
+    is unreleased is refused."""
+    gate = sim.hold()
+    with pytest.raises(TimeoutError, match=r"^hold: 0 of 1 requests arrived within 0.05 s$"):
+        await gate.arrived(1, timeout=0.05)
+    with pytest.raises(RuntimeError, match="release the previous hold first"):
+        sim.hold()
+    gate.release()
+    assert sim.hold() is not gate
+
+
+async def test_stop_releases_held_requests() -> None:
+    """Stopping the simulator lets a held request finish instead of hanging the stop."""
+    simulator = Simulator()
+    await simulator.start()
+    gate = simulator.hold()
+    async with httpx.AsyncClient() as http:
+        call = asyncio.ensure_future(http.post(simulator.server_url + COMMAND, json={}))
+        await gate.arrived(1)
+        async with asyncio.timeout(5):
+            await simulator.stop()
+        answer = await call
+    assert (answer.status_code, answer.json()["code"], gate.released) == (200, 501, True)
 
 
 async def test_go_offline_refuses_and_go_online_restores_the_same_ports(
@@ -478,8 +522,7 @@ async def test_cli_run_prints_ready_json_first_and_cleans_up_on_cancel(
     args = parser.parse_args(["--server-port", "0", "--apps", "2", "--quiet"])
     events: list[dict[str, Any]] = []
     task = asyncio.ensure_future(run(args, ready=events.append))
-    while not events:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(events), what="simulator_ready")
     event = events[0]
     async with httpx.AsyncClient() as http:
         state = (await http.get(event["serverUrl"] + "/_sim/state")).json()

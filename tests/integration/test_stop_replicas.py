@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.support import ResultLog, WorkerProcess
-from tests.integration.test_hostile_producer import unanswered, until
+from tests.integration.support import ResultLog, WorkerProcess, unanswered, until
 from worker.adapters.amqp.producer import Producer
 from worker.simulator import Simulator
 
 USERS = [f"stop-replica-user-{n}" for n in range(12)]
 STEPS = 4
-
-
-async def until_async(check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``await check()``; return whether it came true."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -46,7 +34,7 @@ async def two_replicas(sim: Simulator, clean_broker: None) -> AsyncIterator[list
             return counts == [2.0, 2.0]
 
         # Presence round: a stand-in that got a shard first hands it back to its owner.
-        assert await until_async(each_owns_two, 20)
+        await until(each_owns_two, 20, what="each replica consumes its own two shards")
         yield started
     finally:
         for replica in started:
@@ -85,7 +73,7 @@ async def test_multi_user_stop_wins_for_every_user_on_both_replicas(
         return all(count > 0 for count in pending)
 
     # Rate limits hold each user's later commands: both replicas have some waiting.
-    assert await until_async(both_waiting, 10)
+    await until(both_waiting, 10, what="commands waiting on both replicas")
     stop_id = await producer.publish({"command": "Stop", "uids": USERS, "mode": "server",
                                       "id": "multi-user-stop"})
     stop = await results.wait_for(stop_id, 20)
@@ -98,8 +86,8 @@ async def test_multi_user_stop_wins_for_every_user_on_both_replicas(
         return {uid: calls[-1] for uid, calls in calls_by_uid(sim).items()}
 
     # A replica stops again once its call in flight for the user settles.
-    await until(lambda: last_calls() == dict.fromkeys(USERS, "Stop"), 10)
-    assert last_calls() == dict.fromkeys(USERS, "Stop")
+    await until(lambda: last_calls() == dict.fromkeys(USERS, "Stop"), 10,
+                what="a Stop is every user's last call")
     after_stop = {uid: calls[calls.index("Stop"):] for uid, calls in calls_by_uid(sim).items()}
     late = {uid: calls for uid, calls in after_stop.items() if set(calls) != {"Stop"}}
     assert late == {}

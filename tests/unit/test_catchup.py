@@ -15,7 +15,7 @@ async def test_a_slow_replay_that_keeps_moving_is_waited_for() -> None:
 
     async def replay() -> None:
         for _ in range(10):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # deliberate timing: a replay slower than stall_s in all
             taken[0] += 1
         done.set()
 
@@ -30,7 +30,7 @@ async def test_a_stalled_replay_raises_with_what_and_how_far() -> None:
     done, taken = asyncio.Event(), [0]
 
     async def replay() -> None:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # deliberate timing: moves once, early, then stalls
         taken[0] = 3  # then nothing more
 
     task = asyncio.create_task(replay())

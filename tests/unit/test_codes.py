@@ -8,11 +8,11 @@ from worker.core.codes import (
     CONFIG_ERRORS,
     MEANINGS,
     RETRYABLE,
-    Route,
     describe,
     is_success,
     label,
 )
+from worker.core.outcomes import Route
 
 DOCUMENTED: list[tuple[Route, int, str]] = [
     ("lan", 200, "OK"),

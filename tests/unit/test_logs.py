@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.typing import EventDict
 
 from worker import cli, logs
 from worker.config import Secret, Settings
@@ -38,7 +39,7 @@ def _restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(library_level)
 
 
-def _redact(event: dict[str, Any], secrets: tuple[str, ...] = (TOKEN,)) -> dict[str, Any]:
+def _redact(event: dict[str, Any], secrets: tuple[str, ...] = (TOKEN,)) -> EventDict:
     return Redactor(secrets)(None, "info", event)
 
 

@@ -322,3 +322,17 @@ async def test_final_codes_are_not_retried(upstream: GatedUpstream) -> None:
     await runtime.close()
     assert (handled.result.status, handled.result.attempts, len(upstream.calls)) == (
         "failed", 1, 1)
+
+
+async def test_idle_says_whether_anything_is_in_progress(
+    runtime: Runtime, upstream: GatedUpstream
+) -> None:
+    """The runtime is idle before work, busy while a call is in flight, idle once answered."""
+    assert runtime.idle
+    upstream.gate.clear()
+    task = start(runtime, vibrate("busy"))
+    await until(lambda: len(upstream.calls) == 1)
+    assert not runtime.idle
+    upstream.gate.set()
+    assert (await asyncio.wait_for(task, 5)).result.status == "ok"
+    await until(lambda: runtime.idle)

@@ -13,6 +13,10 @@ from hypothesis import strategies as st
 from worker.core.ratelimit import Limit
 from worker.core.scheduler import Finished, Job, Limits, Scheduler, Toys, overlaps
 
+#: Jobs here carry any payload, or none: the scheduler never looks at it.
+TJob = Job[object]
+TFinished = Finished[object]
+
 
 @dataclass
 class Clock:
@@ -26,22 +30,22 @@ class Clock:
 
 def job(ident: str, uid: str = "u", toys: Toys = None, cls: Any = "replace",
         route: Any = "server", published: float = 1_000_000.0,
-        deadline: float = float("inf"), multi: bool = False) -> Job:
-    return Job(ident=ident, uid=uid, toys=toys, cls=cls, route=route, published_ms=published,
+        deadline: float = float("inf"), multi: bool = False) -> TJob:
+    return TJob(ident=ident, uid=uid, toys=toys, cls=cls, route=route, published_ms=published,
                deadline_ms=deadline, multi=multi)
 
 
-def ids(jobs: list[Job]) -> list[str]:
+def ids(jobs: list[TJob]) -> list[str]:
     return [j.ident for j in jobs]
 
 
-def fin(finished: list[Finished]) -> list[tuple[str, str, str | None]]:
+def fin(finished: list[TFinished]) -> list[tuple[str, str, str | None]]:
     return [(f.job.ident, f.status, f.by) for f in finished]
 
 
-def make(**limits: Any) -> tuple[Scheduler, Clock]:
+def make(**limits: Any) -> tuple[Scheduler[object], Clock]:
     clock = Clock()
-    return Scheduler(Limits(**limits), clock), clock
+    return Scheduler[object](Limits(**limits), clock), clock
 
 
 def test_latest_wins_for_a_key() -> None:
@@ -81,11 +85,11 @@ def test_stop_previous_zero_queues_in_order_and_overflow_drops_oldest() -> None:
     """stopPrevious 0 jobs keep order in a bounded queue; overflow drops the oldest."""
     s, _ = make(key_queue=2, server=Limit(rate=1000, burst=1000))
     s.submit(job("busy"))
-    s.poll()
+    [busy] = s.poll().send
     s.submit(job("q1", cls="queue"))
     s.submit(job("q2", cls="queue"))
     assert fin(s.submit(job("q3", cls="queue"))) == [("q1", "dropped", "q3")]
-    s.settled(s._keys[("u", None)].inflight)  # type: ignore[arg-type]
+    s.settled(busy)
     assert ids(s.poll().send) == ["q2"]
 
 
@@ -93,13 +97,13 @@ def test_ordered_jobs_are_bounded_per_key_too() -> None:
     """A flood of PatternV2-like jobs for one key keeps only the newest key_queue waiting."""
     s, _ = make(key_queue=2, lan=Limit(rate=1000, burst=1000))
     s.submit(job("busy", cls="ordered", route="lan"))
-    s.poll()
+    [busy] = s.poll().send
     s.submit(job("o1", cls="ordered", route="lan"))
     s.submit(job("o2", cls="ordered", route="lan"))
     assert fin(s.submit(job("o3", cls="ordered", route="lan"))) == [("o1", "dropped", "o3")]
     # stopPrevious 0 jobs have a queue of their own: neither pushes the other out.
     assert fin(s.submit(job("q1", cls="queue", route="lan"))) == []
-    s.settled(s._keys[("u", None)].inflight)  # type: ignore[arg-type]
+    s.settled(busy)
     assert ids(s.poll().send) == ["o2"]
 
 
@@ -243,9 +247,9 @@ def test_remote_stop_follows_up_an_inflight_call() -> None:
 class Trace:
     """What happened in one random run."""
 
-    sent: list[tuple[float, Job]] = field(default_factory=list)
-    finished: list[Finished] = field(default_factory=list)
-    stops_submitted: list[tuple[float, Job]] = field(default_factory=list)
+    sent: list[tuple[float, TJob]] = field(default_factory=list)
+    finished: list[TFinished] = field(default_factory=list)
+    stops_submitted: list[tuple[float, TJob]] = field(default_factory=list)
     #: Event order: when each job was sent and when each Stop was submitted.
     order: dict[str, int] = field(default_factory=dict)
 
@@ -260,9 +264,11 @@ op = st.tuples(
 )
 
 
-def run(ops: list[tuple[str, str, Toys, str, int, int]]) -> tuple[Trace, list[Job]]:
+def run(ops: list[tuple[str, str, Toys, str, int, int]]) -> tuple[Trace, list[TJob]]:
     s, clock = make(server=Limit(rate=2, burst=4), lan=Limit(rate=10, burst=10), key_queue=3)
-    trace, inputs, inflight = Trace(), [], []
+    trace = Trace()
+    inputs: list[TJob] = []
+    inflight: list[TJob] = []
     for n, (kind, uid, toys, route, skew, ttl) in enumerate(ops):
         if kind == "wait":
             clock.ms += skew

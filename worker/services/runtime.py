@@ -174,6 +174,15 @@ class Runtime:
         """Start the scheduling loop."""
         self._loop = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
+    @property
+    def idle(self) -> bool:
+        """Return whether nothing is in progress: no message unanswered, no call, nothing queued.
+
+        For tests and shutdown checks: ``await until(lambda: runtime.idle)``.
+        """
+        return (not self._messages and not self._tasks and self.scheduler.pending == 0
+                and len(self._batcher) == 0 and not self._stops and not self._wide_stops)
+
     async def close(self) -> None:
         """Stop the loop; messages not finished stay unacked and return to RabbitMQ."""
         if self._loop is not None:

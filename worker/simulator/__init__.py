@@ -8,6 +8,10 @@ app per :class:`AppSpec`, each an aiohttp server on 127.0.0.1::
         sim.ca_file           # LOVENSE_LAN_CA_FILE
         sim.app("sim-user-1").https_port
 
+``sim.set_faults(...)`` makes the fakes slow, failing or silent;
+``sim.hold()`` keeps requests waiting until released, so a test can get a call
+in flight without racing a delay (:mod:`worker.simulator.hold`).
+
 Integration tests, ``make run`` without a developer token and the benchmarks
 use it over real sockets.
 """
@@ -20,6 +24,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from worker.simulator.certs import LanCertificate
+from worker.simulator.hold import Hold
 from worker.simulator.lan_app import AppSpec, RecordedRequest, SimApp, Stage, lovense_domain
 from worker.simulator.server_api import ServerApi
 from worker.simulator.toys import ToySpec, ToyState
@@ -27,6 +32,7 @@ from worker.simulator.toys import ToySpec, ToyState
 __all__ = [
     "SIMULATOR_TOKEN",
     "AppSpec",
+    "Hold",
     "RecordedRequest",
     "SimApp",
     "Simulator",
@@ -90,6 +96,8 @@ class Simulator:
 
     async def stop(self) -> None:
         """Close every port and connection and remove the CA file's temporary directory."""
+        if self._stage.hold is not None:
+            self._stage.hold.release()  # held handlers finish instead of hanging the close
         await self._server.stop()
         for app in self.apps:
             await app.stop()
@@ -133,6 +141,13 @@ class Simulator:
     def clear(self) -> None:
         """Forget the recorded requests."""
         self._stage.requests.clear()
+
+    def hold(self) -> Hold:
+        """Hold every request from now on, before it is handled, until the Hold is released."""
+        if self._stage.hold is not None and not self._stage.hold.released:
+            raise RuntimeError("hold: release the previous hold first")
+        self._stage.hold = Hold()
+        return self._stage.hold
 
     def set_faults(
         self,

@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from worker.simulator.certs import Listener
+from worker.simulator.hold import Hold
 from worker.simulator.toys import (
     INVALID_COMMAND,
     INVALID_PARAMETER,
@@ -136,7 +137,7 @@ class Faults:
 
 
 class Stage:
-    """Hold what every fake shares: the faults, the request journal and the console."""
+    """Hold what every fake shares: the faults, the hold, the request journal and the console."""
 
     def __init__(
         self, *, record: bool, delay_ms: int = 0, announce: Callable[[str], None] | None = None
@@ -145,6 +146,7 @@ class Stage:
         self.record = record
         self.requests: list[RecordedRequest] = []
         self.announce = announce
+        self.hold: Hold | None = None
 
     async def answer(
         self,
@@ -158,7 +160,9 @@ class Stage:
         refuse: Callable[[int], bytes],
         closing: asyncio.Event,
     ) -> web.StreamResponse:
-        """Answer one request through the faults, recording it with the code it got."""
+        """Answer one request through the hold and the faults, recording it with its code."""
+        if self.hold is not None:
+            await self.hold.enter()
         faulted = self.faults.draw()
         if faulted and self.faults.mode is not None:
             self._note(request, side, app, body, received_ms, 0)
