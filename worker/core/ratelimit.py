@@ -8,6 +8,10 @@ invariant the scheduler's property tests pin.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+#: Tokens lost to float rounding in refills; far below anything a rate can mean.
+_EPSILON: Final = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +41,9 @@ class TokenBucket:
     def wait_ms(self, now_ms: float) -> float:
         """Return how many milliseconds until a token is available (0 when one is)."""
         self._refill(now_ms)
-        if self._tokens >= 1.0:
+        # Refills add floats: a bucket a hair under one token (0.9999999999999999) has one,
+        # else the wait rounds to nothing and the caller is told to come back *now*.
+        if self._tokens >= 1.0 - _EPSILON:
             return 0.0
         if self._rate_per_ms <= 0:
             return float("inf")

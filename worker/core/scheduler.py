@@ -278,7 +278,7 @@ class Scheduler(Generic[W]):
             if late.state == "pending":
                 self._keys[late.key].pending.remove(late)
                 self._done(late)
-                self._forget_if_idle(late.key)
+                self._rewake(late.key, now)
                 finished.append(Finished(late, "expired"))
         due: dict[tuple[str, Key | str], None] = {}
         while self._wake and self._wake[0][0] <= now:
@@ -349,8 +349,18 @@ class Scheduler(Generic[W]):
             state.pending = deque(j for j in state.pending if not which(j))
             for job in removed:
                 self._done(job)
-            self._forget_if_idle(key)
+            self._rewake(key, self._clock())
         return [Finished(j, status, by) for j in removed]
+
+    def _rewake(self, key: Key, now: float) -> None:
+        """After a key's waiting job ended unsent: forget the key, or look at its next job now.
+
+        The next job may not need the wait its predecessor was scheduled for (another
+        route's bucket, or no wait at all).
+        """
+        self._forget_if_idle(key)
+        if key in self._keys:
+            self._push(now, "key", key)
 
     def _mark_of(self, toys: Toys, published_ms: float, ident: str) -> Mark:
         # The shares of one message hold the same toys tuple: one Mark, not one a user.
