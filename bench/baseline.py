@@ -26,7 +26,7 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
-from bench.load import BASELINE_QUEUE, baseline_arguments
+from bench.load import BASELINE_ARGUMENTS, BASELINE_QUEUE
 from worker.contract import topology
 
 COMMAND_PATH = "/api/lan/v2/command"
@@ -92,7 +92,7 @@ class Baseline:
                 consumer = await connection.channel()
                 await consumer.set_qos(prefetch_count=self.args.prefetch)
                 queue = await consumer.declare_queue(
-                    self.args.queue, durable=True, arguments=baseline_arguments()
+                    self.args.queue, durable=True, arguments=BASELINE_ARGUMENTS
                 )
                 tag = await queue.consume(self.on_message)
                 _say({"event": "baseline_ready", "queue": self.args.queue,

@@ -14,31 +14,15 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-import time
 from collections import Counter
 from typing import Any, Final
 
 import msgspec
 
 from bench import load
-from bench.common import (
-    SHARDS,
-    check_delay,
-    fmt,
-    metric,
-    prepare_stop_lane,
-    recorded_env,
-    scrape,
-    server_calls,
-    sim_clear,
-    sim_requests,
-    verdict,
-    wait_until,
-    watcher,
-    worker_env,
-)
-from bench.procs import Procs
-from bench.scenario import Options, Outcome
+from bench.figures import check_lines, fmt, metric, recorded_env, verdict
+from bench.harness import Harness, Outcome, Simulator, server_calls
+from bench.procs import Watch, watcher
 from worker.contract import topology
 
 FULL: Final = 10_000
@@ -49,94 +33,79 @@ TARGET_S: Final = 5.0
 DEFAULT_PER_CALL: Final = 50
 
 
-async def _round(opts: Options, sim_url: str, worker_name: str, watch: Any, users: int,
-                 per_call: int, round_: int) -> dict[str, Any]:
+async def _round(h: Harness, sim: Simulator, watch: Watch, users: int, per_call: int,
+                 round_: int) -> dict[str, Any]:
     tag = f"bc-{secrets.token_hex(4)}"
     uids = [f"{tag}-{i:05d}" for i in range(users)]
     body = msgspec.json.encode({"command": "Function", "uids": uids, "action": "Vibrate:5",
                                 "timeSec": 3, "mode": "server"})
     ident = f"{tag}-msg"
-    await sim_clear(sim_url)
-    async with load.session(opts.amqp_url, f"bench-broadcast-{round_}", keep=True) as s:
+    await sim.clear()
+    async with load.session(h.opts.amqp_url, f"bench-broadcast-{round_}", keep=True) as s:
         s.collector.expect([ident])
-        exchange = await s.publish.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
-        stamp = time.time_ns() // 1_000_000
-        await exchange.publish(load.stamped(body, ident, stamp), routing_key=uids[0],
+        exchange = await s.exchange(topology.COMMANDS_EXCHANGE)
+        await exchange.publish(s.collector.stamped(body, ident), routing_key=uids[0],
                                mandatory=True)
-        reason = await wait_until(s.collector.done.is_set, opts.timeout_or(60.0), watch,
-                                  poll_s=0.05)
+        reason = await s.wait(h.opts.timeout_or(60.0), watch, poll_s=0.05)
         await asyncio.sleep(load.LINGER_S)
-        result = s.collector.results.get(ident, {})
-        arrived = s.collector.received.get(ident)
-    calls = [(req, got) for _, req, got in server_calls(await sim_requests(sim_url))
+    stamp, result = s.collector.stamps[ident], s.collector.results.get(ident, {})
+    arrived = s.collector.received.get(ident)
+    calls = [(req, got) for _, req, got in server_calls(await sim.requests())
              if got and got[0].startswith(tag)]
     per_uid = Counter(uid for _, got in calls for uid in got)
     sizes = [len(got) for _, got in calls]
     first = min((req.received_ms for req, _ in calls), default=None)
     last = max((req.received_ms for req, _ in calls), default=None)
     return {
-        "round": round_ + 1,
-        "message_bytes": len(body),
+        "round": round_ + 1, "message_bytes": len(body),
         "seconds": None if arrived is None else round((arrived - stamp) / 1000, 3),
-        "status": result.get("status"),
-        "failed_uids": len(result.get("failedUids") or []),
-        "result_attempts": result.get("attempts"),
-        "calls": len(calls),
+        "status": result.get("status"), "failed_uids": len(result.get("failedUids") or []),
+        "result_attempts": result.get("attempts"), "calls": len(calls),
         "uids_per_call_max": max(sizes, default=None),
-        "uids_per_call_min": min(sizes, default=None),
-        "uids_called": len(per_uid),
+        "uids_per_call_min": min(sizes, default=None), "uids_called": len(per_uid),
         "uids_called_twice": sum(1 for n in per_uid.values() if n > 1),
         "first_call_ms": None if first is None else first - stamp,
         "last_call_ms": None if last is None else last - stamp,
-        "calls_at_most": math.ceil(users / per_call),
-        "failure": reason,
+        "calls_at_most": math.ceil(users / per_call), "failure": reason,
     }
 
 
-async def run(procs: Procs, opts: Options) -> Outcome:
+async def run(h: Harness) -> Outcome:
     """Per delay: a simulator, a worker, ``rounds`` broadcast messages one after another."""
-    users = opts.size(FULL, QUICK)
-    rounds_n = max(opts.repeat or 1, ROUNDS)
-    token = f"bench-{secrets.token_hex(8)}"
-    delays = opts.delays_or(DELAYS)
+    users = h.opts.size(FULL, QUICK)
+    rounds_n = max(h.opts.repeat or 1, ROUNDS)
+    delays = h.opts.delays_or(DELAYS)
     print(f"  one Function message for {users} uids (mode server), {rounds_n} rounds per "
           f"delay, delays {', '.join(f'{d} ms' for d in delays)}", flush=True)
     per_delay: dict[str, Any] = {}
     env: dict[str, str] = {}
     for delay_ms in delays:
-        sim, event = await procs.simulator(delay_ms, token, record=True)
-        await check_delay(event["serverUrl"], delay_ms)
-        await load.prepare(opts.amqp_url, SHARDS)
-        await prepare_stop_lane(opts.amqp_url)
-        env = worker_env(opts.amqp_url, event, opts=opts)
+        sim = await h.simulator(delay_ms, record=True)
+        env = h.worker_env(sim)
         per_call = int(env.get("LOVENSE_MAX_UIDS_PER_CALL", DEFAULT_PER_CALL))
-        worker = await procs.worker(f"broadcast-worker-{delay_ms}ms", env)
+        worker = await h.worker(f"broadcast-worker-{delay_ms}ms", env)
         rows = []
         for round_ in range(rounds_n):
-            row = await _round(opts, event["serverUrl"], worker.name, watcher(worker, sim),
-                               users, per_call, round_)
+            row = await _round(h, sim, watcher(worker, sim.proc), users, per_call, round_)
             rows.append(row)
             print(f"  {delay_ms:>4} ms  round {round_ + 1}: {fmt(row['seconds'], '.3f')} s, "
                   f"{row['calls']} calls, status {row['status']}", flush=True)
-        text = await scrape(worker)
-        code = await procs.stop(worker)
-        await procs.stop(sim)
+        text = await worker.metrics()
+        code = await h.stop(worker)
+        await h.stop(sim.proc)
         worst = max(rows, key=lambda r: (r["seconds"] is None, r["seconds"] or 0.0))
         per_delay[str(delay_ms)] = {
-            "rounds": rows,
-            "worst_seconds": worst["seconds"],
+            "rounds": rows, "worst_seconds": worst["seconds"],
             "worst_calls": max(r["calls"] for r in rows),
             "upstream_metric": metric(text, "lovense_worker_upstream_requests_total"),
             "batch_uids_metric_count": metric(text, "lovense_worker_batch_uids_count"),
-            "exit_code": code,
-            "log_file": str(worker.log),
-        }
+            "exit_code": code, "log_file": str(worker.log)}
+    every = [r for d in per_delay.values() for r in d["rounds"]]
     checks = {
         "every round: one ok result": all(r["status"] == "ok" and r["failure"] is None
-                                          for d in per_delay.values() for r in d["rounds"]),
+                                          for r in every),
         "every uid called exactly once": all(
-            r["uids_called"] == users and r["uids_called_twice"] == 0
-            for d in per_delay.values() for r in d["rounds"]),
+            r["uids_called"] == users and r["uids_called_twice"] == 0 for r in every),
         "workers exited 0": all(d["exit_code"] == 0 for d in per_delay.values()),
     }
     max_calls = math.ceil(users / DEFAULT_PER_CALL)
@@ -144,17 +113,12 @@ async def run(procs: Procs, opts: Options) -> Outcome:
     seconds_met = all(d["worst_seconds"] is not None and d["worst_seconds"] <= TARGET_S
                       for d in per_delay.values())
     data = {
-        "uids": users,
-        "rounds_per_delay": rounds_n,
-        "worker_env": recorded_env(env),
-        "delays_ms": per_delay,
-        "checks": checks,
-        "target": {
-            "what": f"<= {max_calls} server calls and publish -> result <= {TARGET_S:g} s, "
-                    "every round at every delay",
-            "calls_met": calls_met, "seconds_met": seconds_met,
-            "met": calls_met and seconds_met,
-        },
+        "uids": users, "rounds_per_delay": rounds_n, "worker_env": recorded_env(env),
+        "delays_ms": per_delay, "checks": checks,
+        "target": {"what": f"<= {max_calls} server calls and publish -> result <= {TARGET_S:g}"
+                           " s, every round at every delay",
+                   "calls_met": calls_met, "seconds_met": seconds_met,
+                   "met": calls_met and seconds_met},
     }
     return Outcome("broadcast", data, table(data), all(checks.values()))
 
@@ -165,14 +129,12 @@ def table(data: dict[str, Any]) -> str:
             f"{'first call ms':>13}  {'last call ms':>12}  status")
     lines = [head, "-" * len(head)]
     for delay, entry in data["delays_ms"].items():
-        for r in entry["rounds"]:
-            lines.append(
-                f"{delay + ' ms':>6}  {r['round']:>5}  {fmt(r['seconds'], '.3f'):>7}  "
-                f"{r['calls']:>5}  {fmt(r['uids_per_call_min'])}-{fmt(r['uids_per_call_max']):<6}"
-                f"  {fmt(r['first_call_ms']):>13}  {fmt(r['last_call_ms']):>12}  "
-                f"{r['status']}{' FAILED: ' + r['failure'] if r['failure'] else ''}")
-    lines += [f"check: {name}: {'yes' if good else 'NO'}" for name, good in data["checks"].items()]
+        lines += [
+            f"{delay + ' ms':>6}  {r['round']:>5}  {fmt(r['seconds'], '.3f'):>7}  "
+            f"{r['calls']:>5}  {fmt(r['uids_per_call_min'])}-{fmt(r['uids_per_call_max']):<6}"
+            f"  {fmt(r['first_call_ms']):>13}  {fmt(r['last_call_ms']):>12}  "
+            f"{r['status']}{' FAILED: ' + r['failure'] if r['failure'] else ''}"
+            for r in entry["rounds"]]
     t = data["target"]
-    lines.append(f"target: {t['what']}: calls {verdict(t['calls_met'])}, time "
-                 f"{verdict(t['seconds_met'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + check_lines(data) + [
+        f"target: {t['what']}: calls {verdict(t['calls_met'])}, time {verdict(t['seconds_met'])}"])

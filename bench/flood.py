@@ -15,34 +15,17 @@ which command each call carried; the simulator answers at once (0 ms).
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections import Counter
 from typing import Any, Final
 
 import msgspec
 
-from bench import load, profile
-from bench.common import (
-    SHARDS,
-    check_delay,
-    fmt,
-    metric,
-    prepare_stop_lane,
-    quantiles,
-    recorded_env,
-    scrape,
-    server_calls,
-    sim_clear,
-    sim_requests,
-    verdict,
-    wait_until,
-    watcher,
-    worker_env,
-)
+from bench import load
 from bench.fastpub import FastPublisher
-from bench.procs import CpuMeter, Procs, broker_pid
-from bench.scenario import Options, Outcome
+from bench.figures import check_lines, metric, per_unit, quantiles, recorded_env, render, rounded
+from bench.harness import Harness, Outcome, server_calls
+from bench.procs import watcher
 from worker.contract import topology
 
 FULL: Final = 10_000
@@ -55,68 +38,39 @@ DEFAULT_RATE: Final = 2.0
 DEFAULT_BURST: Final = 4.0
 
 
-def _body(uid: str, n: int) -> bytes:
-    return msgspec.json.encode({
-        "command": "Function", "uid": uid, "action": f"Vibrate:{n % 20 + 1}",
-        "timeSec": 2 + n, "mode": "server",
-    })
-
-
-async def run(procs: Procs, opts: Options) -> Outcome:
+async def run(h: Harness) -> Outcome:
     """Publish the flood, count the user's calls at the simulator, check every result."""
-    commands = opts.size(FULL, QUICK)
-    rate_per_s = opts.rate or RATE_PER_S
-    delay_ms = opts.delays_or((DELAY_MS,))[0]
-    token = f"bench-{secrets.token_hex(8)}"
+    commands, rate_per_s = h.opts.size(FULL, QUICK), h.opts.rate or RATE_PER_S
+    delay_ms = h.opts.delays_or((DELAY_MS,))[0]
     tag = f"flood-{secrets.token_hex(4)}"
     uid = f"{tag}-user"
     print(f"  {commands} commands for one uid at {rate_per_s:g}/s "
           f"({commands / rate_per_s:.0f} s), simulator {delay_ms} ms, recording", flush=True)
-
-    sim, event = await procs.simulator(delay_ms, token, record=True)
-    await check_delay(event["serverUrl"], delay_ms)
-    await load.prepare(opts.amqp_url, SHARDS)
-    await prepare_stop_lane(opts.amqp_url)
-    env = worker_env(opts.amqp_url, event, opts=opts)
+    sim = await h.simulator(delay_ms, record=True)
+    env = h.worker_env(sim)
     rate = float(env.get("LOVENSE_SERVER_RATE", DEFAULT_RATE))
     burst = float(env.get("LOVENSE_SERVER_BURST", DEFAULT_BURST))
-    worker = await procs.worker("flood-worker", env, gc_stats=opts.gc_stats)
-    await sim_clear(event["serverUrl"])
-    watch = watcher(worker, sim)
-
-    routes = [(f"{tag}-{n}", uid, _body(uid, n)) for n in range(commands)]
-    stamps: dict[str, int] = {}
-    meter = CpuMeter({"worker": worker.pid, "simulator": sim.pid, "broker": broker_pid()})
-    spy = None
-    if opts.profile:
-        spy = await profile.attach(procs, worker, opts.log_dir / "flood-worker.pyspy.txt")
-    async with load.session(opts.amqp_url, "bench-flood", keep=True) as s:
+    worker = await h.worker("flood-worker", env)
+    await sim.clear()
+    routes = [(f"{tag}-{n}", uid, msgspec.json.encode({
+        "command": "Function", "uid": uid, "action": f"Vibrate:{n % 20 + 1}",
+        "timeSec": 2 + n, "mode": "server"})) for n in range(commands)]
+    async with load.session(h.opts.amqp_url, "bench-flood", keep=True) as s:
         s.collector.expect(ident for ident, _, _ in routes)
-        await s.publish.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
-        async with FastPublisher(opts.amqp_url, name="bench-flood-publisher") as publisher:
-            meter.start()
-            pacing = await load.publish_paced_fast(publisher, topology.COMMANDS_EXCHANGE,
-                                                   routes, rate_per_s, stamps)
-        reason = await wait_until(s.collector.done.is_set, opts.timeout_or(90.0), watch)
-        cpu = meter.stop()
+        await s.exchange(topology.COMMANDS_EXCHANGE)
+        async with h.measure(worker, "worker", sim, commands) as measured:
+            async with FastPublisher(h.opts.amqp_url, name="bench-flood-publisher") as publisher:
+                pacing = await load.publish_paced(publisher, topology.COMMANDS_EXCHANGE, routes,
+                                                  rate_per_s, s.collector)
+            reason = await s.wait(h.opts.timeout_or(90.0), watcher(worker, sim.proc))
         await asyncio.sleep(load.LINGER_S)
-        collector = s.collector
-    summary = None
-    if spy is not None:
-        await profile.detach(procs, spy)
-        raw = opts.log_dir / "flood-worker.pyspy.txt"
-        summary = profile.summarize(raw, None if cpu["worker"] is None
-                                    else cpu["worker"] * 1000 / commands, commands)
-    text = await scrape(worker)
-    requests = await sim_requests(event["serverUrl"])
-    code = await procs.stop(worker)
-    await procs.stop(sim)
-    gc_line = next((line for line in worker.log_lines()
-                    if line.startswith('{"event": "bench_gc_stats')), None)
-    gc = json.loads(gc_line) if gc_line else None
-    if gc is not None:
+    text, requests = await worker.metrics(), await sim.requests()
+    code = await h.stop(worker)
+    await h.stop(sim.proc)
+    collector, cpu = s.collector, measured.cpu
+    if (gc := worker.event("bench_gc_stats")) is not None:
         pauses = gc.pop("long_pauses", [])
-        gc["ms_per_command"] = round(gc["total_seconds"] * 1000 / commands, 3)
+        gc["ms_per_command"] = per_unit(gc["total_seconds"], commands)
         gc["long_pauses_ms_max"] = max((p[1] for p in pauses), default=None)
 
     # ---- what reached the simulator for this uid
@@ -124,32 +78,27 @@ async def run(procs: Procs, opts: Options) -> Outcome:
     calls = [(req, by_time.get(req.body.get("timeSec"))) for _, req, uids in
              server_calls(requests) if uid in uids]
     called = [n for _, n in calls if n is not None]
-    first_pub = stamps[routes[0][0]]
-    last_ident = routes[-1][0]
+    stamps, results = collector.stamps, collector.results
+    first_pub, last_ident = stamps[routes[0][0]], routes[-1][0]
     last_call_ms = max((req.received_ms for req, _ in calls), default=None)
     duration_s = None if last_call_ms is None else (last_call_ms - first_pub) / 1000
     budget = None if duration_s is None else burst + rate * duration_s
-    nominal = burst + rate * commands / rate_per_s
     last_req = next((req for req, n in calls if n == commands - 1), None)
     last_to_sim = None if last_req is None else last_req.received_ms - stamps[last_ident]
     last_to_result = (None if last_ident not in collector.received
                       else round(collector.received[last_ident] - stamps[last_ident], 1))
 
     # ---- every command's result
-    status = Counter(str(r.get("status")) for r in collector.results.values())
-    ok_ids = {ident for ident, r in collector.results.items() if r.get("status") == "ok"}
     called_ids = {routes[n][0] for n in called}
-    superseded_ok = all(r.get("supersededBy") for r in collector.results.values()
-                        if r.get("status") == "superseded")
     missing = commands - len(collector.received)
-    unsent_not_superseded = sum(1 for ident, r in collector.results.items()
-                                if ident not in called_ids and r.get("status") != "superseded")
-    latencies = quantiles(at - stamps[i] for i, at in collector.received.items())
     checks = {
         "every command has one result": missing == 0 and collector.duplicates == 0,
-        "every command not sent is superseded (with supersededBy)":
-            unsent_not_superseded == 0 and superseded_ok,
-        "every command sent is ok": ok_ids == called_ids,
+        "every command not sent is superseded (with supersededBy)": all(
+            r.get("status") == "superseded" for i, r in results.items() if i not in called_ids)
+            and all(r.get("supersededBy") for r in results.values()
+                    if r.get("status") == "superseded"),
+        "every command sent is ok": called_ids == {i for i, r in results.items()
+                                                   if r.get("status") == "ok"},
         "no command called twice": len(called) == len(set(called)),
         "calls in publish order": called == sorted(called),
         "the last command was sent": last_req is not None,
@@ -160,40 +109,24 @@ async def run(procs: Procs, opts: Options) -> Outcome:
     last_met = None if last_to_sim is None else (
         last_to_sim <= LAST_TARGET_MS and (last_to_result or 0) <= LAST_TARGET_MS)
     data: dict[str, Any] = {
-        "commands": commands,
-        "uid": "one (flood-*-user)",
-        "publish_rate_per_s": rate_per_s,
-        "pacing": pacing,
-        "simulator_delay_ms": delay_ms,
-        "worker_env": recorded_env(env),
-        "server_rate": rate,
-        "server_burst": burst,
-        "calls": len(calls),
-        "duration_s": None if duration_s is None else round(duration_s, 3),
-        "budget_calls": None if budget is None else round(budget, 1),
-        "nominal_budget_calls": nominal,
+        "commands": commands, "uid": "one (flood-*-user)", "publish_rate_per_s": rate_per_s,
+        "pacing": pacing, "simulator_delay_ms": delay_ms, "worker_env": recorded_env(env),
+        "server_rate": rate, "server_burst": burst, "calls": len(calls),
+        "duration_s": rounded(duration_s), "budget_calls": rounded(budget, 1),
+        "nominal_budget_calls": burst + rate * commands / rate_per_s,
         "last_command_to_simulator_ms": last_to_sim,
         "last_command_to_result_ms": last_to_result,
-        "by_status": dict(sorted(status.items())),
-        "missing": missing,
-        "duplicates": collector.duplicates,
-        "publish_to_result_ms": latencies,
+        "by_status": dict(sorted(Counter(str(r.get("status")) for r in results.values()).items())),
+        "missing": missing, "duplicates": collector.duplicates,
+        "publish_to_result_ms": quantiles(at - stamps[i] for i, at in collector.received.items()),
         "coalesced_metric": metric(text, "lovense_worker_coalesced_total"),
         "upstream_metric": metric(text, "lovense_worker_upstream_requests_total"),
-        "worker_cpu_ms_per_command": None if cpu["worker"] is None
-            else round(cpu["worker"] * 1000 / commands, 3),
-        "cpu_s": {k: None if v is None else round(v, 2) for k, v in cpu.items()
-                  if k != "machine_busy_share"},
-        "run_s": round((max(collector.received.values(), default=0) / 1000)
-                       - stamps[routes[0][0]] / 1000, 2),
-        "profiles": {"worker during the flood (µs per command)": summary},
-        "gc": gc,
-        "machine_busy_share": None if cpu["machine_busy_share"] is None
-            else round(cpu["machine_busy_share"], 3),
-        "exit_code": code,
-        "failure": reason,
-        "checks": checks,
-        "log_file": str(worker.log),
+        "worker_cpu_ms_per_command": per_unit(cpu["worker"], commands),
+        "cpu_s": {k: rounded(v, 2) for k, v in cpu.items() if k != "machine_busy_share"},
+        "run_s": round(max(collector.received.values(), default=0) / 1000 - first_pub / 1000, 2),
+        "profiles": {"worker during the flood (µs per command)": measured.profile},
+        "gc": gc, "machine_busy_share": rounded(cpu["machine_busy_share"]),
+        "exit_code": code, "failure": reason, "checks": checks, "log_file": str(worker.log),
         "target": {
             "calls": {"what": f"calls <= {burst:g} + {rate:g} x duration (first publish to "
                               "last call)", "met": calls_met},
@@ -208,32 +141,24 @@ async def run(procs: Procs, opts: Options) -> Outcome:
 
 def table(data: dict[str, Any]) -> str:
     """Return the flood's figures as text."""
-    p = data["pacing"]
-    lat = data["publish_to_result_ms"]
-    lines = [
-        f"published {data['commands']} commands for one uid at {p['rate_per_s']:.0f}/s "
-        f"over {p['span_s']:.1f} s (worst lag {p['worst_lag_ms']:.0f} ms behind schedule)",
-        f"calls at the simulator for the uid: {data['calls']} over {fmt(data['duration_s'], '.2f')}"
-        f" s; budget {data['server_burst']:g} + {data['server_rate']:g} x duration = "
-        f"{fmt(data['budget_calls'], '.1f')} (nominal {data['nominal_budget_calls']:g}) -> "
-        f"{verdict(data['target']['calls']['met'])}",
-        f"last command: publish -> simulator {fmt(data['last_command_to_simulator_ms'])} ms, "
-        f"-> result {fmt(data['last_command_to_result_ms'])} ms (target <= {LAST_TARGET_MS}) -> "
-        f"{verdict(data['target']['last_command']['met'])}",
-        f"results: {', '.join(f'{k} {v}' for k, v in data['by_status'].items())}; missing "
-        f"{data['missing']}, duplicates {data['duplicates']}; publish -> result p50 "
-        f"{fmt(lat['p50'])} ms, p99 {fmt(lat['p99'])} ms, max {fmt(lat['max'])} ms",
-        f"worker CPU {fmt(data['worker_cpu_ms_per_command'], '.3f')} ms/command; CPU seconds "
-        f"over the {data['run_s']} s run: "
-        + ", ".join(f"{k} {fmt(v)}" for k, v in data["cpu_s"].items())
-        + f"; machine busy {fmt(data['machine_busy_share'], '.0%')}",
-    ]
+    lines = render(
+        data,
+        "published {commands} commands for one uid at {pacing[rate_per_s]:.0f}/s over "
+        "{pacing[span_s]:.1f} s (worst lag {pacing[worst_lag_ms]:.0f} ms behind schedule)",
+        "calls at the simulator for the uid: {calls} over {duration_s:.2f} s; budget "
+        "{server_burst:g} + {server_rate:g} x duration = {budget_calls:.1f} (nominal "
+        "{nominal_budget_calls:g}) -> {target[calls][met]!v}",
+        "last command: publish -> simulator {last_command_to_simulator_ms} ms, -> result "
+        f"{{last_command_to_result_ms}} ms (target <= {LAST_TARGET_MS}) -> "
+        "{target[last_command][met]!v}",
+        "results: {by_status!c}; missing {missing}, duplicates {duplicates}; publish -> result "
+        "p50 {publish_to_result_ms[p50]} ms, p99 {publish_to_result_ms[p99]} ms, max "
+        "{publish_to_result_ms[max]} ms",
+        "worker CPU {worker_cpu_ms_per_command:.3f} ms/command; CPU seconds over the {run_s} s "
+        "run: " + ", ".join(f"{k} {{cpu_s[{k}]}}" for k in data["cpu_s"])
+        + "; machine busy {machine_busy_share:.0%}")
     if data.get("gc"):
-        gc = data["gc"]
-        lines.append(f"worker garbage collector (--gc-stats): {gc['ms_per_command']} ms/command "
-                     f"({gc['total_seconds']} s, collections {gc['collections']}, longest pause "
-                     f"{fmt(gc['long_pauses_ms_max'])} ms)")
-    lines += [f"check: {name}: {'yes' if good else 'NO'}" for name, good in data["checks"].items()]
-    if data["failure"]:
-        lines.append(f"FAILED: {data['failure']} (log: {data['log_file']})")
-    return "\n".join(lines)
+        lines += render(data, "worker garbage collector (--gc-stats): {gc[ms_per_command]} "
+                        "ms/command ({gc[total_seconds]} s, collections {gc[collections]}, "
+                        "longest pause {gc[long_pauses_ms_max]} ms)")
+    return "\n".join(lines + check_lines(data))

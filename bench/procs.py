@@ -1,11 +1,11 @@
-"""Child processes of a benchmark: the simulator, the worker and the baseline.
+"""One child process of a benchmark, and what ``/proc`` says about processes.
 
 Every child is started fresh in its own session (so a Ctrl-C in the terminal
 reaches only the bench, which then stops the children itself) and with a
-parent-death signal (so even a SIGKILLed bench leaves no orphan behind).
-:class:`Procs` owns them all and stops every one on exit, errors included.
-Each child's stderr (and stdout after its ready line) goes to a log file in
-one temporary directory, named in the bench's output.
+parent-death signal (so even a SIGKILLed bench leaves no orphan behind). Each
+child's stderr (and stdout after its ready line) goes to a log file in one
+temporary directory, named in the bench's output. :class:`bench.harness.Harness`
+starts them and stops every one at the end.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG: Final = 1
-_READY_TIMEOUT_S: Final = 30.0
+READY_TIMEOUT_S: Final = 30.0
 _STOP_TIMEOUT_S: Final = 30.0
+#: Polled while waiting: why the wait must end early (a child exited), or None.
+Watch = Callable[[], str | None]
 
 
 class BenchError(RuntimeError):
@@ -45,8 +47,7 @@ def free_port() -> int:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Ask Linux to SIGTERM this child when the bench process dies."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -63,14 +64,11 @@ def cpu_seconds(pid: int) -> float | None:
 def memory_kb(pid: int) -> dict[str, int]:
     """Return VmRSS and VmHWM (peak RSS) of a live process in kB, from /proc/PID/status."""
     found: dict[str, int] = {}
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                found[name] = int(value.split()[0])
     return found
 
 
@@ -94,7 +92,7 @@ def machine_cpu() -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU seconds of named processes and of the whole machine, between two readings."""
+    """CPU seconds of named processes and of the whole machine, from start() to stop()."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
@@ -108,16 +106,18 @@ class CpuMeter:
             reading[name] = cpu_seconds(pid) if pid is not None else None
         return reading
 
-    def start(self) -> None:
+    def start(self) -> CpuMeter:
         self._start = self._read()
+        return self
 
     def stop(self) -> dict[str, float | None]:
-        """Return CPU seconds used since start() per name, plus the machine's busy share."""
+        """Return CPU seconds used since start() per name, plus the machine's busy share.
+
+        ``others`` is what the machine spent on anything not measured (neighbours, kernel).
+        """
         end = self._read()
-        used: dict[str, float | None] = {}
-        for name, before in self._start.items():
-            after = end[name]
-            used[name] = None if before is None or after is None else after - before
+        used = {name: None if before is None or end[name] is None else (end[name] or 0) - before
+                for name, before in self._start.items()}
         total = used.pop("machine_total") or 0.0
         busy = used.pop("machine_busy") or 0.0
         used["machine_busy_share"] = busy / total if total > 0 else None
@@ -126,14 +126,24 @@ class CpuMeter:
         return used
 
 
-def lovense_cli() -> list[str]:
-    """Return the command that runs ``lovense-worker`` from this virtualenv."""
-    script = Path(sys.executable).parent / "lovense-worker"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "worker"]
+async def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None) -> Proc:
+    """Start ``argv`` from the repository root; stdout is a pipe, stderr the log file."""
+    with log.open("wb") as err:
+        err.write(f"$ {' '.join(argv)}\n".encode())
+        err.flush()
+        spawned_at = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    child = Proc(name, process, log)
+    child.started_at = spawned_at
+    return child
 
 
 class Proc:
-    """One child process, its log file, and how to stop it."""
+    """One child process, its log file, its /metrics port (a worker), and how to stop it."""
 
     def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
         self.name = name
@@ -150,14 +160,19 @@ class Proc:
     def alive(self) -> bool:
         return self.process.returncode is None
 
-    async def wait_ready(self, timeout: float = _READY_TIMEOUT_S, poll_s: float = 0.1) -> float:
+    def memory_kb(self) -> dict[str, int]:
+        """Return VmRSS and VmHWM (peak RSS) in kB from /proc/PID/status (empty once gone)."""
+        return memory_kb(self.pid)
+
+    def cpu(self) -> float | None:
+        """Return the CPU seconds used so far (None once it has exited)."""
+        return cpu_seconds(self.pid)
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT_S, poll_s: float = 0.1) -> float:
         """Wait until the worker's /readyz answers 200; return seconds since it was spawned."""
         url = f"http://127.0.0.1:{self.metrics_port}/readyz"
-        deadline = self.started_at + timeout
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if not self.alive:
-                    break
+            while time.monotonic() < self.started_at + timeout and self.alive:
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with session.get(url) as response:
                         if response.status == 200:
@@ -170,15 +185,18 @@ class Proc:
                              f"before /readyz answered 200:\n{self.tail()}")
         raise BenchError(f"{self.name} was not ready within {timeout:.0f} s:\n{self.tail()}")
 
-    def memory_kb(self) -> dict[str, int]:
-        """Return VmRSS and VmHWM (peak RSS) in kB from /proc/PID/status (empty once gone)."""
-        return memory_kb(self.pid)
+    async def metrics(self) -> str:
+        """Return the worker's /metrics text ("" when it does not answer)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                url, timeout=aiohttp.ClientTimeout(total=10)
+            ) as response:
+                return await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return ""
 
-    def cpu(self) -> float | None:
-        """Return the CPU seconds used so far (None once it has exited)."""
-        return cpu_seconds(self.pid)
-
-    async def ready_line(self, timeout: float = _READY_TIMEOUT_S) -> dict[str, Any]:
+    async def ready_line(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
         """Read the child's first stdout line as JSON, then copy the rest to its log."""
         assert self.process.stdout is not None
         try:
@@ -193,9 +211,8 @@ class Proc:
         try:
             event: dict[str, Any] = json.loads(line)
         except json.JSONDecodeError:
-            raise BenchError(
-                f"{self.name}: first stdout line is not JSON: {line[:200]!r}"
-            ) from None
+            raise BenchError(f"{self.name}: first stdout line is not JSON: {line[:200]!r}"
+                             ) from None
         self._drain = asyncio.create_task(self._copy_stdout())
         return event
 
@@ -208,10 +225,7 @@ class Proc:
 
     def tail(self, lines: int = 20) -> str:
         """Return the last lines of the child's log."""
-        try:
-            text = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
+        text = self.log_lines()
         return "\n".join(f"    {line}" for line in text[-lines:]) or "    (empty log)"
 
     def log_lines(self) -> list[str]:
@@ -220,6 +234,21 @@ class Proc:
             return [line for line in self.log.read_text(errors="replace").splitlines() if line]
         except OSError:
             return []
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        """Return the child's first JSON log line whose ``event`` is ``name`` (None: none yet)."""
+        return next(iter(self.events(name)), None)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Return the child's JSON log lines whose ``event`` is ``name``."""
+        found = []
+        for line in self.log_lines():
+            if f'"{name}"' in line:
+                with contextlib.suppress(json.JSONDecodeError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("event") == name:
+                        found.append(event)
+        return found
 
     async def stop(
         self, timeout: float = _STOP_TIMEOUT_S, sig: signal.Signals = signal.SIGTERM
@@ -242,106 +271,20 @@ class Proc:
         return self.process.returncode
 
 
-class Procs:
-    """Start children and make sure every one of them is stopped at the end."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self._children: list[Proc] = []
-        self._counter = 0
-
-    async def __aenter__(self) -> Procs:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop_all()
-
-    async def stop_all(self) -> None:
-        """Stop every child still running (newest first); shielded from cancellation."""
-        children, self._children = self._children[::-1], []
-        for child in children:
-            await asyncio.shield(child.stop())
-
-    async def start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None
-    ) -> Proc:
-        """Start ``argv`` from the repository root; stdout is a pipe, stderr the log file."""
-        self._counter += 1
-        log = self.log_dir / f"{self._counter:02d}-{name}.log"
-        with log.open("wb") as err:
-            err.write(f"$ {' '.join(argv)}\n".encode())
-            err.flush()
-            spawned_at = time.monotonic()
-            process = await asyncio.create_subprocess_exec(
-                *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = Proc(name, process, log)
-        child.started_at = spawned_at
-        self._children.append(child)
-        return child
-
-    async def stop(self, child: Proc, sig: signal.Signals = signal.SIGTERM) -> int | None:
-        """Stop one child now; return its exit code."""
-        if child in self._children:
-            self._children.remove(child)
-        return await asyncio.shield(child.stop(sig=sig))
-
-    async def simulator(
-        self, delay_ms: int, token: str, *, record: bool = False
-    ) -> tuple[Proc, dict[str, Any]]:
-        """Start ``lovense-worker simulate`` answering after ``delay_ms``; return it, its event.
-
-        With ``record`` the simulator keeps every request it gets (``GET /_sim/requests``
-        lists them with ``received_ms``); without, it keeps nothing (long runs).
-        """
-        argv = [*lovense_cli(), "simulate", "--host", "127.0.0.1", "--server-port", "0",
-                "--apps", "1", "--delay-ms", str(delay_ms), "--token", token,
-                *([] if record else ["--no-record"]), "--quiet"]
-        child = await self.start(f"simulator-{delay_ms}ms", argv)
-        event = await child.ready_line()
-        if event.get("event") != "simulator_ready" or "serverUrl" not in event:
-            raise BenchError(f"simulator: unexpected ready line {event!r}")
-        return child, event
-
-    async def worker(
-        self, name: str, env: dict[str, str], *, ready_timeout: float = _READY_TIMEOUT_S,
-        poll_s: float = 0.1, wait: bool = True, gc_stats: bool = False,
-    ) -> Proc:
-        """Start ``lovense-worker run`` with ``env``; return once its /readyz answers 200.
-
-        With ``wait=False`` return at once (then :meth:`Proc.wait_ready`). The child's
-        ``ready_s`` is the time from just before it was spawned to its first 200.
-        With ``gc_stats`` it runs under ``python -m bench.gcstats`` (its collector timed).
-        """
-        port = int(env["LOVENSE_METRICS_PORT"])
-        argv = ([sys.executable, "-m", "bench.gcstats", "run"] if gc_stats
-                else [*lovense_cli(), "run"])
-        child = await self.start(name, argv, env)
-        child.metrics_port = port
-        if wait:
-            try:
-                await child.wait_ready(ready_timeout, poll_s)
-            except BenchError:
-                await self.stop(child)
-                raise
-        return child
-
-    async def baseline(self, name: str, argv: list[str]) -> Proc:
-        """Start the baseline consumer; return once it says it consumes."""
-        child = await self.start(name, [sys.executable, "-m", "bench.baseline", *argv])
-        event = await child.ready_line()
-        if event.get("event") != "baseline_ready":
-            raise BenchError(f"baseline: unexpected ready line {event!r}")
-        return child
+def watcher(*procs: Proc) -> Watch:
+    """Return a watch function that reports the first of ``procs`` that exited."""
+    return lambda: next((f"{p.name} exited with code {p.process.returncode}"
+                         for p in procs if not p.alive), None)
 
 
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """Return this process's environment without any LOVENSE_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOVENSE_")}
-    env.update(extra)
-    return env
+async def wait_until(done: Callable[[], bool], timeout: float, watch: Watch,
+                     poll_s: float = 0.2) -> str | None:
+    """Poll ``done`` until true; return why not (timeout, or ``watch``'s reason) or None."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if (problem := watch()) is not None:
+            return problem
+        if time.monotonic() >= deadline:
+            return "timed out"
+        await asyncio.sleep(poll_s)
+    return None

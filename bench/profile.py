@@ -10,16 +10,14 @@ py-spy only counts samples where the thread is active, so idle time in
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
-from bench.procs import BenchError, Proc, Procs
+from bench.procs import BenchError
 
 RATE: Final = 200  # samples per second
 TOP: Final = 15
@@ -27,29 +25,14 @@ _FRAME: Final = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 _PROJECT: Final = ("worker.", "bench.")
 
 
-def py_spy() -> str:
-    """Return the py-spy executable, or raise BenchError saying how to install it."""
+def record_argv(pid: int, out: Path) -> list[str]:
+    """Return py-spy's command line recording ``pid`` into ``out`` (collapsed stacks)."""
     beside = Path(sys.executable).parent / "py-spy"
     found = str(beside) if beside.exists() else shutil.which("py-spy")
     if found is None:
         raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return found
-
-
-async def attach(procs: Procs, target: Proc, out: Path) -> Proc:
-    """Start recording ``target`` into ``out`` (collapsed stacks); give it a moment to attach."""
-    argv = [py_spy(), "record", "--pid", str(target.pid), "--rate", str(RATE),
-            "--format", "raw", "--nonblocking", "--output", str(out)]
-    spy = await procs.start(f"py-spy-{target.name}", argv)
-    await asyncio.sleep(1.0)
-    if not spy.alive:
-        raise BenchError(f"py-spy exited at once (code {spy.process.returncode}):\n{spy.tail()}")
-    return spy
-
-
-async def detach(procs: Procs, spy: Proc) -> None:
-    """Stop recording (SIGINT makes py-spy write its output)."""
-    await procs.stop(spy, sig=signal.SIGINT)
+    return [found, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw",
+            "--nonblocking", "--output", str(out)]
 
 
 def _module(path: str) -> str:

@@ -24,26 +24,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
-import aiohttp
 import msgspec
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
-from pamqp.commands import Basic
 
 from bench import load, stop_load
-from bench.common import (
-    fmt,
-    metric,
-    quantiles,
-    scrape,
-    sim_clear,
-    sim_requests,
-    verdict,
-    wait_until,
-    watcher,
-)
-from bench.procs import BenchError, Proc, Procs
-from bench.scenario import Options, Outcome
-from bench.stop_load import Rig, StopRun
+from bench.fastpub import Message
+from bench.figures import check_lines, counts, metric, quantiles, render
+from bench.harness import Harness, Outcome
+from bench.procs import BenchError, Proc, wait_until, watcher
+from bench.stop_load import StopRun
 from worker.contract import topology
 
 POISON_FULL: Final = 1_000
@@ -55,6 +44,7 @@ TARGET_RSS_MB: Final = 50.0
 MIB: Final = 1024 * 1024
 BOMB: Final = b"[" * 1000 + b"]" * 1000
 LONG_ID: Final = "id over 255 bytes"
+UPSTREAM: Final = "lovense_worker_upstream_requests_total"
 
 
 def _json(**fields: Any) -> bytes:
@@ -121,25 +111,23 @@ class Dead:
         await message.ack()
 
 
-async def run(procs: Procs, opts: Options) -> Outcome:
+async def run(h: Harness) -> Outcome:
     """Phase 1: stop_load with poison on both lanes; phase 2: RSS around wide Stops."""
-    plan = StopRun.plan(opts, "sp")
+    n_poison = POISON_QUICK if h.opts.quick else POISON_FULL
+    wide_stops, width = WIDE_STOPS[h.opts.quick], WIDE_UIDS[h.opts.quick]
+    plan = await StopRun.start(h, "sp", (
+        "  stop_load ({backlog} commands for {users} users, {stops} Stops, simulator {delay} "
+        f"ms) with {(n_poison + 1) // 2} poison messages in the backlog and {n_poison // 2}"
+        f" on the Stop lane; then {wide_stops} Stops for {width} uids x {TOY_CAP} toys each, "
+        "RSS before and after"))
     poisons = [Poison(f"{plan.tag}-p{n}", "commands" if n % 2 == 0 else "stop",
                       list(KINDS)[n // 2 % len(KINDS)], f"{plan.tag}-x{n:05d}", n)
-               for n in range(POISON_QUICK if opts.quick else POISON_FULL)]
+               for n in range(n_poison)]
     shard = [p for p in poisons if p.lane == "commands"]
     lane = [p for p in poisons if p.lane == "stop"]
-    size = 1 if opts.quick else 0
-    wide_stops, width = WIDE_STOPS[size], WIDE_UIDS[size]
-    print(f"  stop_load ({plan.backlog} commands for {plan.users} users, {plan.stops_n} Stops, "
-          f"simulator {plan.delay_ms} ms) with {len(shard)} poison messages in the backlog and "
-          f"{len(lane)} on the Stop lane; then {wide_stops} Stops for {width} uids x {TOY_CAP} "
-          "toys each, RSS before and after", flush=True)
-    rig = await stop_load.start(procs, opts, plan)
     dead = Dead()
-    stamps: dict[str, int] = {}
     sent: list[str] = []
-    async with load.session(opts.amqp_url, "bench-stop-poison", keep=True) as s:
+    async with load.session(h.opts.amqp_url, "bench-stop-poison", keep=True) as s:
         collector = s.collector
         dead_queue = await s.listen.declare_queue(topology.DEAD_QUEUE, passive=True)
         if dead_queue.declaration_result.consumer_count:
@@ -147,28 +135,28 @@ async def run(procs: Procs, opts: Options) -> Outcome:
         await dead_queue.purge()
         await dead_queue.consume(dead.on_message)
         # Not checked now: the worker declares it; every use comes after it is ready.
-        stop_exchange = await s.publish.get_exchange(topology.STOP_EXCHANGE, ensure=False)
+        stop_exchange = await s.exchange(topology.STOP_EXCHANGE, ensure=False)
         collector.aliases.update((_long_id(p.n), p.ident) for p in poisons if p.kind == LONG_ID)
         collector.expect(ident for ident, _, _ in plan.routes)
         collector.expect(p.ident for p in shard)
         plan.others.update(p.ident for p in poisons)
         sent += [p.ident for p in shard]
 
-        def backlog() -> Iterator[tuple[str, bytes, Basic.Properties]]:
+        def backlog() -> Iterator[Message]:
             k = 0
-            for n, message in enumerate(plan.messages()):
+            for n, message in enumerate(collector.messages(plan.routes)):
                 while k < len(shard) and (k + 1) * plan.backlog // (len(shard) + 1) <= n:
-                    yield shard[k].uid, shard[k].body(), _stamp(shard[k].ident, stamps)
+                    yield shard[k].uid, shard[k].body(), collector.stamp(shard[k].ident)
                     k += 1
                 yield message
-            for p in shard[k:]:
-                yield p.uid, p.body(), _stamp(p.ident, stamps)
+            yield from ((p.uid, p.body(), collector.stamp(p.ident)) for p in shard[k:])
 
         async def before_stop(j: int) -> None:
             for p in lane[j :: plan.stops_n]:
                 collector.expect([p.ident])
                 sent.append(p.ident)
-                await _publish(stop_exchange, p.uid, p.body(), p.ident, stamps)
+                await stop_exchange.publish(collector.stamped(p.body(), p.ident),
+                                            routing_key=p.uid, mandatory=True)
 
         def finished() -> bool:
             got = collector.received
@@ -176,18 +164,17 @@ async def run(procs: Procs, opts: Options) -> Outcome:
             return real == plan.backlog + len(plan.stop_stamps) and all(
                 i in got or i in dead.count for i in sent)
 
-        await stop_load.publish_backlog(s, opts.amqp_url, plan, backlog(), "bench-stop-poison")
-        worker = await stop_load.drive_stops(s, procs, opts, plan, rig, "stop-poison-worker",
-                                             before_stop=before_stop, finished=finished)
-        text = await scrape(worker)
-        memory = worker.memory_kb()
-        requests = await sim_requests(rig.event["serverUrl"])
-        wide = await _wide_stops(s, stop_exchange, opts, plan, rig, worker, wide_stops, width)
+        await plan.publish_backlog(s, backlog(), "bench-stop-poison")
+        worker = await plan.drive(s, "stop-poison-worker", before_stop=before_stop,
+                                  finished=finished)
+        text, memory, requests = (await worker.metrics(), worker.memory_kb(),
+                                  await plan.sim.requests())
+        wide = await _wide_stops(s, stop_exchange, plan, worker, wide_stops, width)
         alive = worker.alive
-    code = await procs.stop(worker)
-    await procs.stop(rig.sim)
-    data = stop_load.figures(plan, rig, worker, collector, text, memory, requests, code)
-    data["poison"] = _poison_figures(poisons, set(sent), collector, dead, stamps)
+    code = await h.stop(worker)
+    await h.stop(plan.sim.proc)
+    data = stop_load.figures(plan, worker, collector, text, memory, requests, code)
+    data["poison"] = _poison_figures(poisons, set(sent), collector, dead)
     data["wide_stops"] = wide
     failures = [plan.reason, wide["failure"] and f"phase 2: {wide['failure']}"]
     data["failure"] = "; ".join(f for f in failures if f) or None
@@ -214,43 +201,29 @@ async def run(procs: Procs, opts: Options) -> Outcome:
     return Outcome("stop_poison", data, table(data), all(checks.values()))
 
 
-def _stamp(ident: str, stamps: dict[str, int]) -> Basic.Properties:
-    stamps[ident] = stamp = time.time_ns() // 1_000_000
-    return load.properties(ident, stamp)
-
-
-async def _publish(exchange: AbstractExchange, key: str, body: bytes, ident: str,
-                   stamps: dict[str, int]) -> None:
-    stamps[ident] = stamp = time.time_ns() // 1_000_000
-    await exchange.publish(load.stamped(body, ident, stamp), routing_key=key, mandatory=True)
-
-
-async def _wide_stops(s: load.Session, exchange: AbstractExchange, opts: Options, plan: StopRun,
-                      rig: Rig, worker: Proc, stops: int, width: int) -> dict[str, Any]:
+async def _wide_stops(s: load.Session, exchange: AbstractExchange, plan: StopRun, worker: Proc,
+                      stops: int, width: int) -> dict[str, Any]:
     """Phase 2: RSS, then ``stops`` Stops for ``width`` uids and TOY_CAP toys each, RSS."""
-    server = rig.event["serverUrl"]
-    await sim_clear(server)
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{server}/_sim/faults", json={"delay_ms": 0}) as response:
-        response.raise_for_status()
-    calls_before = metric(await scrape(worker), "lovense_worker_upstream_requests_total")
+    await plan.sim.clear()
+    await plan.sim.call("POST", "/_sim/faults", json={"delay_ms": 0})
+    calls_before = metric(await worker.metrics(), UPSTREAM)
     before = worker.memory_kb()
     pool = [f"{plan.tag}-m{u:05d}" for u in range(width)]
     idents = [f"{plan.tag}-wide-{j}" for j in range(stops)]
-    stamps: dict[str, int] = {}
     s.collector.expect(idents)
     began = time.monotonic()
     if worker.alive:
         for j, ident in enumerate(idents):
             body = _json(command="Stop", uids=pool, toy=[f"t{j}-{k}" for k in range(TOY_CAP)])
-            await _publish(exchange, pool[0], body, ident, stamps)
-    got = s.collector.received
+            await exchange.publish(s.collector.stamped(body, ident), routing_key=pool[0],
+                                   mandatory=True)
+    got, stamps = s.collector.received, s.collector.stamps
     reason = await wait_until(lambda: all(i in got for i in idents),
-                              opts.timeout_or(60 + stops * width / 2_500),
-                              watcher(worker, rig.sim))
+                              plan.h.opts.timeout_or(60 + stops * width / 2_500),
+                              watcher(worker, plan.sim.proc))
     seconds = time.monotonic() - began
     after = worker.memory_kb()
-    calls_after = metric(await scrape(worker), "lovense_worker_upstream_requests_total")
+    calls_after = metric(await worker.metrics(), UPSTREAM)
     rss = [m.get("VmRSS") for m in (before, after)]
     results = [s.collector.results.get(i) or {} for i in idents if i in got]
     return {
@@ -266,15 +239,15 @@ async def _wide_stops(s: load.Session, exchange: AbstractExchange, opts: Options
             else calls_after - calls_before,
         "rss_before_mb": None if rss[0] is None else round(rss[0] / 1024, 1),
         "rss_after_mb": None if rss[1] is None else round(rss[1] / 1024, 1),
-        "rss_growth_mb": None if None in rss else round((rss[1] or 0) / 1024
-                                                        - (rss[0] or 0) / 1024, 1),
-        "peak_rss_after_mb": None if "VmHWM" not in after else round(after["VmHWM"] / 1024, 1),
+        "rss_growth_mb": None if rss[0] is None or rss[1] is None
+            else round(rss[1] / 1024 - rss[0] / 1024, 1),
+        "peak_rss_after_mb": round(after["VmHWM"] / 1024, 1) if "VmHWM" in after else None,
         "failure": reason,
     }
 
 
 def _poison_figures(poisons: list[Poison], sent: set[str], collector: load.Collector,
-                    dead: Dead, stamps: dict[str, int]) -> dict[str, Any]:
+                    dead: Dead) -> dict[str, Any]:
     """Return what became of every poison message: result status, dead letter, by kind."""
     ends: Counter[str] = Counter()
     by_status: Counter[str] = Counter()
@@ -304,34 +277,27 @@ def _poison_figures(poisons: list[Poison], sent: set[str], collector: load.Colle
                                               if i not in poison_ids),
         "by_kind": {k: dict(sorted(v.items())) for k, v in by_kind.items()},
         "dead_letter_reason_by_kind": reasons,
-        "publish_to_result_ms": quantiles(collector.received[i] - stamps[i]
+        "publish_to_result_ms": quantiles(collector.received[i] - collector.stamps[i]
                                           for i in sent if i in collector.received),
     }
 
 
 def table(data: dict[str, Any]) -> str:
     """Return the scenario's figures as text: stop_load's, then poison and memory."""
-    poison, wide, t = data["poison"], data["wide_stops"], data["target"]
-    lines = stop_load.figure_lines(data) + [
-        f"poison: {data['poison_messages']} messages, {data['poison_on_shards']} in the "
-        f"backlog, {data['poison_on_stop_lane']} on the Stop lane: results "
-        + (", ".join(f"{k} {v}" for k, v in poison["by_status"].items()) or "-")
-        + f"; {poison['dead_letters']} dead letters; "
-        + ", ".join(f"{k} {v}" for k, v in poison["ends"].items())
-        + f"; publish -> result p50 {fmt(poison['publish_to_result_ms']['p50'])} ms, max "
-        f"{fmt(poison['publish_to_result_ms']['max'])} ms",
-    ]
-    lines += [f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-              for kind, counts in poison["by_kind"].items()]
-    growth = wide["rss_growth_mb"]
-    lines.append(
-        f"wide Stops: {wide['stops']} x {wide['uids_per_stop']} uids x {wide['toys_per_stop']} "
-        "toys, simulator 0 ms: results "
-        + (", ".join(f"{k} {v}" for k, v in wide["by_status"].items()) or "-")
-        + f" ({wide['missing']} missing) in {wide['seconds']} s, "
-        f"{fmt(wide['server_calls'], '.0f')} server calls; worker RSS {fmt(wide['rss_before_mb'])}"
-        f" -> {fmt(wide['rss_after_mb'])} MB ({'-' if growth is None else f'{growth:+g}'} MB, "
-        f"peak {fmt(wide['peak_rss_after_mb'])} MB) -> {verdict(t['memory']['met'])} "
-        f"(<= {TARGET_RSS_MB:g} MB)"
-        + (f"; not ok: {wide['not_ok_example']}" if wide["not_ok_example"] else ""))
-    return "\n".join(lines + stop_load.check_lines(data))
+    wide, growth = data["wide_stops"], data["wide_stops"]["rss_growth_mb"]
+    [poison] = render(
+        data, "poison: {poison_messages} messages, {poison_on_shards} in the backlog, "
+        "{poison_on_stop_lane} on the Stop lane: results {poison[by_status]!c}; "
+        "{poison[dead_letters]} dead letters; {poison[ends]!c}; publish -> result p50 "
+        "{poison[publish_to_result_ms][p50]} ms, max {poison[publish_to_result_ms][max]} ms")
+    [memory] = render(
+        {**wide, "met": data["target"]["memory"]["met"]},
+        "wide Stops: {stops} x {uids_per_stop} uids x {toys_per_stop} toys, simulator 0 ms: "
+        "results {by_status!c} ({missing} missing) in {seconds} s, {server_calls:.0f} server "
+        "calls; worker RSS {rss_before_mb} -> {rss_after_mb} MB ("
+        + ("-" if growth is None else f"{growth:+g}") + " MB, peak {peak_rss_after_mb} MB) -> "
+        f"{{met!v}} (<= {TARGET_RSS_MB:g} MB)")
+    if wide["not_ok_example"]:
+        memory += f"; not ok: {wide['not_ok_example']}"
+    kinds = [f"  {kind}: {counts(n)}" for kind, n in data["poison"]["by_kind"].items()]
+    return "\n".join([*stop_load.figure_lines(data), poison, *kinds, memory, *check_lines(data)])
