@@ -68,5 +68,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 docs: install  ## regenerate the README's configuration table and layout tables from the code
-	$(BIN)/python scripts/settings_table.py
-	$(BIN)/python scripts/layout.py
+	$(BIN)/python scripts/docs.py

@@ -23,10 +23,11 @@ def _script(name: str) -> ModuleType:
 
 def test_readme_configuration_table_lists_every_setting() -> None:
     """The README's settings table is, row for row, what worker/config.py declares."""
-    table = _script("settings_table")
-    documented = re.findall(r"^\| `LOVENSE_.*$", table.current(README), flags=re.MULTILINE)
-    assert documented == table.rows(), "README settings are stale: run make docs"
-    assert table.current(README) == table.render()
+    docs = _script("docs")
+    table = docs.current(README, docs.SETTINGS_BEGIN, docs.SETTINGS_END)
+    documented = re.findall(r"^\| `LOVENSE_.*$", table, flags=re.MULTILINE)
+    assert documented == docs.rows(), "README settings are stale: run make docs"
+    assert table == docs.render_settings()
 
 
 def test_readme_lists_every_metric() -> None:
@@ -38,10 +39,7 @@ def test_readme_lists_every_metric() -> None:
 
 
 def test_readme_layout_matches_the_packages() -> None:
-    """The README's layout tables are what scripts/layout.py renders from the packages."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "layout.py"
-    spec = importlib.util.spec_from_file_location("layout", script)
-    assert spec is not None and spec.loader is not None
-    layout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layout)
-    assert layout.current(README) == layout.render(), "README layout is stale: run make docs"
+    """The README's layout tables are what scripts/docs.py renders from the packages."""
+    docs = _script("docs")
+    layout = docs.current(README, docs.LAYOUT_BEGIN, docs.LAYOUT_END)
+    assert layout == docs.render_layout(), "README layout is stale: run make docs"
