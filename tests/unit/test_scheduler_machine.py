@@ -296,6 +296,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         return {id(r.job): ("superseded", {stop.ident}) for r in self.waiting()
                 if r.job.uid in uids and stop.covers(r.job)}
 
+    def arrive(self, stop: StopMsg, local: bool) -> None:
+        """A new Stop goes into the log, and is delivered here or applied from the log."""
+        self.log.append(stop)
+        if local:
+            self.delivered.add(stop.n)
+            self.deliver_stop(stop)
+        else:
+            self.remote(stop)
+
     def remote(self, stop: StopMsg) -> None:
         """Apply a Stop from the log (``Runtime.remote_stop``), or a wide one of our own."""
         new = stop.seen not in self.seen
@@ -474,13 +483,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         """A Stop delivered here (sent here, announced on the log), or one the log applies."""
         cmd = command(kind, people, toy)
         n = next(self.numbers)
-        stop = StopMsg(n, f"S{n}", tuple(cmd.targets), toys_of(cmd), self.now - skew)
-        self.log.append(stop)
-        if local:
-            self.delivered.add(stop.n)
-            self.deliver_stop(stop)
-        else:
-            self.remote(stop)
+        self.arrive(StopMsg(n, f"S{n}", tuple(cmd.targets), toys_of(cmd), self.now - skew),
+                    local)
 
     @precondition(lambda self: any(r.inflight and not r.is_stop for r in self.current))
     @rule(pick=st.integers(min_value=0, max_value=99), others=st.sets(users),
@@ -493,12 +497,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         n = next(self.numbers)
         stop = StopMsg(n, f"S{n}", tuple(sorted({call.uid, *others})),
                        None if every_toy else call.toys, self.now)
-        self.log.append(stop)
-        if local:
-            self.delivered.add(stop.n)
-            self.deliver_stop(stop)
-        else:
-            self.remote(stop)
+        self.arrive(stop, local)
 
     @precondition(lambda self: bool(self.log))
     @rule(pick=st.integers(min_value=0, max_value=99), deliver=st.booleans())

@@ -18,7 +18,6 @@ from worker.contract import topology
 class Exchanges:
     """The exchanges the worker publishes to."""
 
-    commands: AbstractExchange
     results: AbstractExchange
     dead: AbstractExchange
 
@@ -53,4 +52,4 @@ async def declare(channel: AbstractChannel, shards: int) -> Exchanges:
         )
         # A consistent-hash binding key is the shard's weight.
         await queue.bind(commands, routing_key="1")
-    return Exchanges(commands=commands, results=results, dead=dead)
+    return Exchanges(results=results, dead=dead)
