@@ -1,13 +1,4 @@
-"""Scenario ``broadcast``: one command message whose ``uids`` lists 10,000 users.
-
-The worker must send it to the server API as comma-joined calls of at most
-``LOVENSE_MAX_UIDS_PER_CALL`` (50) users, so at most 200 calls, and publish the
-message's one result within 5 s of its publish. Every setting is the worker's
-default (``LOVENSE_SERVER_MAX_RPS`` 100 included). Per simulator delay (0 and
-100 ms) a fresh simulator (recording) and a fresh worker get ``rounds``
-messages one after another, each for 10,000 fresh uids; the simulator's log
-says how many calls carried how many users.
-"""
+"""Scenario ``broadcast``: one Function message for 10,000 uids (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -23,6 +14,7 @@ from bench import load
 from bench.figures import check_lines, fmt, metric, recorded_env, verdict
 from bench.harness import Harness, Outcome, Simulator, server_calls
 from bench.procs import Watch, watcher
+from worker.config import Settings
 from worker.contract import topology
 
 FULL: Final = 10_000
@@ -46,7 +38,7 @@ async def _round(h: Harness, sim: Simulator, watch: Watch, users: int, per_call:
         exchange = await s.exchange(topology.COMMANDS_EXCHANGE)
         await exchange.publish(s.collector.stamped(body, ident), routing_key=uids[0],
                                mandatory=True)
-        reason = await s.wait(h.opts.timeout_or(60.0), watch, poll_s=0.05)
+        reason = await s.wait(h.opts.timeout_s or 60.0, watch, poll_s=0.05)
         await asyncio.sleep(load.LINGER_S)
     stamp, result = s.collector.stamps[ident], s.collector.results.get(ident, {})
     arrived = s.collector.received.get(ident)
@@ -54,8 +46,7 @@ async def _round(h: Harness, sim: Simulator, watch: Watch, users: int, per_call:
              if got and got[0].startswith(tag)]
     per_uid = Counter(uid for _, got in calls for uid in got)
     sizes = [len(got) for _, got in calls]
-    first = min((req.received_ms for req, _ in calls), default=None)
-    last = max((req.received_ms for req, _ in calls), default=None)
+    times = [req.received_ms - stamp for req, _ in calls]
     return {
         "round": round_ + 1, "message_bytes": len(body),
         "seconds": None if arrived is None else round((arrived - stamp) / 1000, 3),
@@ -64,8 +55,7 @@ async def _round(h: Harness, sim: Simulator, watch: Watch, users: int, per_call:
         "uids_per_call_max": max(sizes, default=None),
         "uids_per_call_min": min(sizes, default=None), "uids_called": len(per_uid),
         "uids_called_twice": sum(1 for n in per_uid.values() if n > 1),
-        "first_call_ms": None if first is None else first - stamp,
-        "last_call_ms": None if last is None else last - stamp,
+        "first_call_ms": min(times, default=None), "last_call_ms": max(times, default=None),
         "calls_at_most": math.ceil(users / per_call), "failure": reason,
     }
 
@@ -74,15 +64,13 @@ async def run(h: Harness) -> Outcome:
     """Per delay: a simulator, a worker, ``rounds`` broadcast messages one after another."""
     users = h.opts.size(FULL, QUICK)
     rounds_n = max(h.opts.repeat or 1, ROUNDS)
-    delays = h.opts.delays_or(DELAYS)
-    print(f"  one Function message for {users} uids (mode server), {rounds_n} rounds per "
-          f"delay, delays {', '.join(f'{d} ms' for d in delays)}", flush=True)
+    delays = h.opts.delays or DELAYS
     per_delay: dict[str, Any] = {}
     env: dict[str, str] = {}
     for delay_ms in delays:
         sim = await h.simulator(delay_ms, record=True)
         env = h.worker_env(sim)
-        per_call = int(env.get("LOVENSE_MAX_UIDS_PER_CALL", DEFAULT_PER_CALL))
+        per_call = Settings.from_env(env).max_uids_per_call
         worker = await h.worker(f"broadcast-worker-{delay_ms}ms", env)
         rows = []
         for round_ in range(rounds_n):
@@ -125,16 +113,13 @@ async def run(h: Harness) -> Outcome:
 
 def table(data: dict[str, Any]) -> str:
     """Return the broadcast's figures as text."""
-    head = (f"{'delay':>6}  {'round':>5}  {'seconds':>7}  {'calls':>5}  {'uids/call':>9}  "
-            f"{'first call ms':>13}  {'last call ms':>12}  status")
-    lines = [head, "-" * len(head)]
-    for delay, entry in data["delays_ms"].items():
-        lines += [
-            f"{delay + ' ms':>6}  {r['round']:>5}  {fmt(r['seconds'], '.3f'):>7}  "
-            f"{r['calls']:>5}  {fmt(r['uids_per_call_min'])}-{fmt(r['uids_per_call_max']):<6}"
-            f"  {fmt(r['first_call_ms']):>13}  {fmt(r['last_call_ms']):>12}  "
-            f"{r['status']}{' FAILED: ' + r['failure'] if r['failure'] else ''}"
-            for r in entry["rounds"]]
+    lines = [f"{'delay':>6}  {'round':>5}  {'seconds':>7}  {'calls':>5}  {'uids/call':>9}  "
+             f"{'first call ms':>13}  {'last call ms':>12}  status"]
+    lines += [f"{delay + ' ms':>6}  {r['round']:>5}  {fmt(r['seconds'], '.3f'):>7}  "
+              f"{r['calls']:>5}  {fmt(r['uids_per_call_min'])}-{fmt(r['uids_per_call_max']):<6}"
+              f"  {fmt(r['first_call_ms']):>13}  {fmt(r['last_call_ms']):>12}  {r['status']}"
+              + (f" FAILED: {r['failure']}" if r["failure"] else "")
+              for delay, entry in data["delays_ms"].items() for r in entry["rounds"]]
     t = data["target"]
     return "\n".join(lines + check_lines(data) + [
         f"target: {t['what']}: calls {verdict(t['calls_met'])}, time {verdict(t['seconds_met'])}"])

@@ -1,10 +1,5 @@
-"""Reading and printing figures: ``/metrics`` text, percentiles, rounding, table lines.
-
-A scenario's table is mostly prose lines rendered from its results.json figures by
-:func:`render`: ``str.format`` templates over the figures' dict in which a missing
-figure (absent key, or None) prints ``-``, ``!v`` prints a target's verdict (MET, NOT
-MET, NOT MEASURED) and ``!c`` a dict of counts (``ok 3, failed 1``).
-"""
+"""Reading and printing figures: ``/metrics`` text, percentiles, rounding, table lines
+(:func:`render`: templates over the figures; a missing one prints ``-``)."""
 
 from __future__ import annotations
 
@@ -48,9 +43,8 @@ def share_within(hist: dict[str, Any], bound_s: float) -> float | None:
 
 def percentile(ordered: Sequence[float], share: float) -> float | None:
     """Return the nearest-rank percentile (share in 0..1) of sorted values."""
-    if not ordered:
-        return None
-    return ordered[min(len(ordered), max(1, math.ceil(share * len(ordered)))) - 1]
+    rank = min(len(ordered), max(1, math.ceil(share * len(ordered))))
+    return ordered[rank - 1] if ordered else None
 
 
 def quantiles(values: Iterable[float]) -> dict[str, float | None]:

@@ -1,16 +1,4 @@
-"""Scenario ``flood``: 10,000 Function commands for ONE uid, paced at 1,000/s for 10 s.
-
-A slider or a stream of tips: one user's commands arrive far faster than
-Lovense may be called for that user. The worker must stay within the user's
-server rate budget (``LOVENSE_SERVER_RATE`` / ``_BURST``, 2/s burst 4: at most
-``burst + rate × duration`` calls), answer every command it does not send
-``superseded`` (latest wins), and still deliver the last command promptly
-(within 1 s of its publish).
-
-Each command is ``Function`` ``Vibrate:<1..20>`` with its own ``timeSec``
-(2 + n), so the simulator's request log (run with recording on) says exactly
-which command each call carried; the simulator answers at once (0 ms).
-"""
+"""Scenario ``flood``: 10,000 Function commands for one uid at 1,000/s (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -26,6 +14,7 @@ from bench.fastpub import FastPublisher
 from bench.figures import check_lines, metric, per_unit, quantiles, recorded_env, render, rounded
 from bench.harness import Harness, Outcome, server_calls
 from bench.procs import watcher
+from worker.config import Settings
 from worker.contract import topology
 
 FULL: Final = 10_000
@@ -33,23 +22,18 @@ QUICK: Final = 2_000
 RATE_PER_S: Final = 1_000
 DELAY_MS: Final = 0
 LAST_TARGET_MS: Final = 1_000
-#: The worker's defaults (README: LOVENSE_SERVER_RATE, LOVENSE_SERVER_BURST).
-DEFAULT_RATE: Final = 2.0
-DEFAULT_BURST: Final = 4.0
 
 
 async def run(h: Harness) -> Outcome:
     """Publish the flood, count the user's calls at the simulator, check every result."""
     commands, rate_per_s = h.opts.size(FULL, QUICK), h.opts.rate or RATE_PER_S
-    delay_ms = h.opts.delays_or((DELAY_MS,))[0]
+    delay_ms = (h.opts.delays or (DELAY_MS,))[0]
     tag = f"flood-{secrets.token_hex(4)}"
     uid = f"{tag}-user"
-    print(f"  {commands} commands for one uid at {rate_per_s:g}/s "
-          f"({commands / rate_per_s:.0f} s), simulator {delay_ms} ms, recording", flush=True)
     sim = await h.simulator(delay_ms, record=True)
     env = h.worker_env(sim)
-    rate = float(env.get("LOVENSE_SERVER_RATE", DEFAULT_RATE))
-    burst = float(env.get("LOVENSE_SERVER_BURST", DEFAULT_BURST))
+    settings = Settings.from_env(env)  # the worker's own reading: its rate and burst
+    rate, burst = settings.server_rate, float(settings.server_burst)
     worker = await h.worker("flood-worker", env)
     await sim.clear()
     routes = [(f"{tag}-{n}", uid, msgspec.json.encode({
@@ -58,41 +42,32 @@ async def run(h: Harness) -> Outcome:
     async with load.session(h.opts.amqp_url, "bench-flood", keep=True) as s:
         s.collector.expect(ident for ident, _, _ in routes)
         await s.exchange(topology.COMMANDS_EXCHANGE)
-        async with h.measure(worker, "worker", sim, commands) as measured:
+        async with h.measure(worker, "worker", sim) as cpu:
             async with FastPublisher(h.opts.amqp_url, name="bench-flood-publisher") as publisher:
                 pacing = await load.publish_paced(publisher, topology.COMMANDS_EXCHANGE, routes,
                                                   rate_per_s, s.collector)
-            reason = await s.wait(h.opts.timeout_or(90.0), watcher(worker, sim.proc))
+            reason = await s.wait(h.opts.timeout_s or 90.0, watcher(worker, sim.proc))
         await asyncio.sleep(load.LINGER_S)
     text, requests = await worker.metrics(), await sim.requests()
     code = await h.stop(worker)
     await h.stop(sim.proc)
-    collector, cpu = s.collector, measured.cpu
-    if (gc := worker.event("bench_gc_stats")) is not None:
-        pauses = gc.pop("long_pauses", [])
-        gc["ms_per_command"] = per_unit(gc["total_seconds"], commands)
-        gc["long_pauses_ms_max"] = max((p[1] for p in pauses), default=None)
-
-    # ---- what reached the simulator for this uid
+    received, stamps, results = s.collector.received, s.collector.stamps, s.collector.results
     by_time = {2 + n: n for n in range(commands)}
     calls = [(req, by_time.get(req.body.get("timeSec"))) for _, req, uids in
              server_calls(requests) if uid in uids]
     called = [n for _, n in calls if n is not None]
-    stamps, results = collector.stamps, collector.results
     first_pub, last_ident = stamps[routes[0][0]], routes[-1][0]
     last_call_ms = max((req.received_ms for req, _ in calls), default=None)
     duration_s = None if last_call_ms is None else (last_call_ms - first_pub) / 1000
     budget = None if duration_s is None else burst + rate * duration_s
     last_req = next((req for req, n in calls if n == commands - 1), None)
     last_to_sim = None if last_req is None else last_req.received_ms - stamps[last_ident]
-    last_to_result = (None if last_ident not in collector.received
-                      else round(collector.received[last_ident] - stamps[last_ident], 1))
-
-    # ---- every command's result
+    last_to_result = (None if last_ident not in received
+                      else round(received[last_ident] - stamps[last_ident], 1))
     called_ids = {routes[n][0] for n in called}
-    missing = commands - len(collector.received)
+    missing = commands - len(received)
     checks = {
-        "every command has one result": missing == 0 and collector.duplicates == 0,
+        "every command has one result": missing == 0 and s.collector.duplicates == 0,
         "every command not sent is superseded (with supersededBy)": all(
             r.get("status") == "superseded" for i, r in results.items() if i not in called_ids)
             and all(r.get("supersededBy") for r in results.values()
@@ -101,8 +76,7 @@ async def run(h: Harness) -> Outcome:
                                                    if r.get("status") == "ok"},
         "no command called twice": len(called) == len(set(called)),
         "calls in publish order": called == sorted(called),
-        "the last command was sent": last_req is not None,
-        "worker exited 0": code == 0,
+        "the last command was sent": last_req is not None, "worker exited 0": code == 0,
         "no run failure": reason is None,
     }
     calls_met = None if budget is None else len(calls) <= budget
@@ -114,25 +88,22 @@ async def run(h: Harness) -> Outcome:
         "server_rate": rate, "server_burst": burst, "calls": len(calls),
         "duration_s": rounded(duration_s), "budget_calls": rounded(budget, 1),
         "nominal_budget_calls": burst + rate * commands / rate_per_s,
-        "last_command_to_simulator_ms": last_to_sim,
-        "last_command_to_result_ms": last_to_result,
+        "last_command_to_simulator_ms": last_to_sim, "last_command_to_result_ms": last_to_result,
         "by_status": dict(sorted(Counter(str(r.get("status")) for r in results.values()).items())),
-        "missing": missing, "duplicates": collector.duplicates,
-        "publish_to_result_ms": quantiles(at - stamps[i] for i, at in collector.received.items()),
+        "missing": missing, "duplicates": s.collector.duplicates,
+        "publish_to_result_ms": quantiles(at - stamps[i] for i, at in received.items()),
         "coalesced_metric": metric(text, "lovense_worker_coalesced_total"),
         "upstream_metric": metric(text, "lovense_worker_upstream_requests_total"),
         "worker_cpu_ms_per_command": per_unit(cpu["worker"], commands),
         "cpu_s": {k: rounded(v, 2) for k, v in cpu.items() if k != "machine_busy_share"},
-        "run_s": round(max(collector.received.values(), default=0) / 1000 - first_pub / 1000, 2),
-        "profiles": {"worker during the flood (µs per command)": measured.profile},
-        "gc": gc, "machine_busy_share": rounded(cpu["machine_busy_share"]),
+        "run_s": round(max(received.values(), default=0) / 1000 - first_pub / 1000, 2),
+        "machine_busy_share": rounded(cpu["machine_busy_share"]),
         "exit_code": code, "failure": reason, "checks": checks, "log_file": str(worker.log),
         "target": {
             "calls": {"what": f"calls <= {burst:g} + {rate:g} x duration (first publish to "
                               "last call)", "met": calls_met},
-            "last_command": {"what": f"last command reaches the simulator and its result "
-                                     f"within {LAST_TARGET_MS} ms of its publish",
-                             "met": last_met},
+            "last_command": {"what": "last command reaches the simulator and its result "
+                                     f"within {LAST_TARGET_MS} ms of its publish", "met": last_met},
             "met": bool(calls_met and last_met),
         },
     }
@@ -140,7 +111,6 @@ async def run(h: Harness) -> Outcome:
 
 
 def table(data: dict[str, Any]) -> str:
-    """Return the flood's figures as text."""
     lines = render(
         data,
         "published {commands} commands for one uid at {pacing[rate_per_s]:.0f}/s over "
@@ -154,11 +124,6 @@ def table(data: dict[str, Any]) -> str:
         "results: {by_status!c}; missing {missing}, duplicates {duplicates}; publish -> result "
         "p50 {publish_to_result_ms[p50]} ms, p99 {publish_to_result_ms[p99]} ms, max "
         "{publish_to_result_ms[max]} ms",
-        "worker CPU {worker_cpu_ms_per_command:.3f} ms/command; CPU seconds over the {run_s} s "
-        "run: " + ", ".join(f"{k} {{cpu_s[{k}]}}" for k in data["cpu_s"])
-        + "; machine busy {machine_busy_share:.0%}")
-    if data.get("gc"):
-        lines += render(data, "worker garbage collector (--gc-stats): {gc[ms_per_command]} "
-                        "ms/command ({gc[total_seconds]} s, collections {gc[collections]}, "
-                        "longest pause {gc[long_pauses_ms_max]} ms)")
+        "worker CPU {worker_cpu_ms_per_command:.3f} ms/command; CPU s over {run_s} s: "
+        "{cpu_s!c}; machine busy {machine_busy_share:.0%}")
     return "\n".join(lines + check_lines(data))

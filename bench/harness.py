@@ -1,13 +1,4 @@
-"""The harness every scenario runs in: its options, its children, its measurements.
-
-A scenario is ``async def run(h: Harness) -> Outcome``, registered in
-``bench.__main__``. Its :class:`Harness` starts the simulator, the worker(s) and
-the baseline, meters their CPU (:meth:`Harness.measure`, with py-spy under
-``--profile``), and stops every child when the scenario ends, on errors and on
-Ctrl-C alike. Scenarios read the worker through its ``/metrics`` and ``/proc``,
-the simulator through ``GET /_sim/requests`` (``record=True``), never through
-the worker's internals; what is left to them is what they publish and analyse.
-"""
+"""The harness every scenario runs in: its options, children and CPU meter (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -16,47 +7,37 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
 import msgspec
 
-from bench import load, profile
-from bench.procs import READY_TIMEOUT_S, BenchError, CpuMeter, Proc, broker_pid, free_port, spawn
+from bench import load
+from bench.procs import READY_TIMEOUT_S, BenchError, Proc, broker_pid, cpu_meter, free_port, spawn
 
 SHARDS: Final = 4
 PREFETCH: Final = 256
 COMMAND_PATH: Final = "/api/lan/v2/command"
+_CLI: Final = (sys.executable, "-m", "worker")  # lovense-worker, from this virtualenv
 
 
 @dataclass(frozen=True)
 class Options:
     """What a scenario is asked to do (from the command line)."""
 
-    amqp_url: str
-    #: ``--commands``: the scenario's main size (commands, uids, backlog, users); None = its own.
+    amqp_url: str  # the options of ``python -m bench`` (``--help``); None: the scenario's own
     commands: int | None
-    #: ``--delays``: simulator delays in ms; None = the scenario's own.
     delays: tuple[int, ...] | None
-    #: ``--timeout``: seconds to wait for one run's results; None = the scenario's own.
     timeout_s: float | None
     log_dir: Path
-    profile: bool = False
-    #: ``--repeat``: rounds per delay; None = the scenario's own.
     repeat: int | None = None
-    #: Extra LOVENSE_* variables for the worker (``--worker-env``), e.g. batching off.
     worker_env: tuple[tuple[str, str], ...] = ()
     quick: bool = False
-    #: ``--rate``: flood's publish rate (commands/s); None = its own (1,000).
     rate: float | None = None
-    #: ``--gc-stats``: run workers under ``python -m bench.gcstats`` (collector timed).
-    gc_stats: bool = False
 
     def size(self, full: int, quick: int) -> int:
         """Return the scenario's main size: ``--commands``, else ``quick`` or ``full``."""
@@ -65,12 +46,6 @@ class Options:
     def rounds_or(self, default: int) -> int:
         """Return ``--repeat`` if given, else 1 with ``--quick``, else the scenario's own."""
         return self.repeat if self.repeat is not None else (1 if self.quick else default)
-
-    def delays_or(self, default: tuple[int, ...]) -> tuple[int, ...]:
-        return self.delays or default
-
-    def timeout_or(self, default: float) -> float:
-        return self.timeout_s or default
 
 
 @dataclass
@@ -88,7 +63,6 @@ Scenario = Callable[["Harness"], Awaitable[Outcome]]
 
 class SimRequest(msgspec.Struct):
     """One request the simulator recorded (headers are not decoded)."""
-
     side: str
     path: str
     body: Any
@@ -129,16 +103,6 @@ class Simulator:
         await self.call("POST", "/_sim/clear", data=b"")
 
 
-@dataclass
-class Measure:
-    """What :meth:`Harness.measure` saw: CPU seconds per process over the block (plus the
-    bench's, ``others`` and ``machine_busy_share``) and, with ``--profile``, the subject's
-    profile."""
-
-    cpu: dict[str, float | None] = field(default_factory=dict)
-    profile: dict[str, Any] | None = None
-
-
 class Harness:
     """One scenario's options and children; every child is stopped when it ends."""
 
@@ -146,13 +110,11 @@ class Harness:
         self.opts = opts
         self.token = f"bench-{secrets.token_hex(8)}"
         self._children: list[Proc] = []
-        self._spies: dict[str, Proc] = {}
 
     async def __aenter__(self) -> Harness:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         for child in self._children[::-1]:  # newest first
             await self.stop(child)
 
@@ -163,25 +125,20 @@ class Harness:
         self._children.append(child)
         return child
 
-    async def stop(self, child: Proc, sig: signal.Signals = signal.SIGTERM) -> int | None:
+    async def stop(self, child: Proc) -> int | None:
         """Stop one child now (shielded from cancellation); return its exit code."""
         if child in self._children:
             self._children.remove(child)
-        return await asyncio.shield(child.stop(sig=sig))
+        return await asyncio.shield(child.stop())
 
     async def simulator(self, delay_ms: int, *, record: bool = False) -> Simulator:
-        """Start a simulator answering after ``delay_ms`` (checked); purge the bench's queues.
-
-        With ``record`` it keeps every request (``GET /_sim/requests`` lists them with
-        ``received_ms``); without, it keeps nothing (long runs).
-        """
+        """Start a simulator answering after ``delay_ms`` (checked), recording requests with
+        ``record``; purge the bench's queues."""
         child = await self.start(f"simulator-{delay_ms}ms", [
-            *_cli(), "simulate", "--host", "127.0.0.1", "--server-port", "0", "--apps", "1",
+            *_CLI, "simulate", "--host", "127.0.0.1", "--server-port", "0", "--apps", "1",
             "--delay-ms", str(delay_ms), "--token", self.token,
             *([] if record else ["--no-record"]), "--quiet"])
-        event = await child.ready_line()
-        if event.get("event") != "simulator_ready" or "serverUrl" not in event:
-            raise BenchError(f"simulator: unexpected ready line {event!r}")
+        event = await child.ready_line("simulator_ready")
         sim = Simulator(child, event["serverUrl"], event["token"])
         state = json.loads(await sim.call("GET", "/_sim/state"))
         if (actual := state.get("faults", {}).get("delay_ms")) != delay_ms:
@@ -191,12 +148,8 @@ class Harness:
 
     def worker_env(self, sim: Simulator | None, extra: dict[str, str] | None = None,
                    log_level: str = "warning") -> dict[str, str]:
-        """Return a worker's environment: this bench's broker and simulator, 4 shards, JSON logs.
-
-        ``extra`` are the scenario's own settings; ``--worker-env`` wins over them.
-        Without a simulator the server API points at a closed port. No other LOVENSE_*
-        variable of the bench's own environment gets through.
-        """
+        """Return a worker's environment: this bench's broker and simulator (else a closed
+        port), 4 shards, JSON logs, then ``extra``, then ``--worker-env``; no other LOVENSE_*."""
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOVENSE_")}
         return inherited | {
             "LOVENSE_AMQP_URL": self.opts.amqp_url,
@@ -209,14 +162,8 @@ class Harness:
 
     async def worker(self, name: str, env: dict[str, str], *, wait: bool = True,
                      ready_timeout: float = READY_TIMEOUT_S, poll_s: float = 0.1) -> Proc:
-        """Start ``lovense-worker run`` with ``env``; return once its /readyz answers 200.
-
-        With ``wait=False`` return at once (then :meth:`Proc.wait_ready`). With
-        ``--gc-stats`` it runs under ``python -m bench.gcstats`` (its collector timed).
-        """
-        argv = ([sys.executable, "-m", "bench.gcstats", "run"] if self.opts.gc_stats
-                else [*_cli(), "run"])
-        child = await self.start(name, argv, env)
+        """Start ``lovense-worker run``; return once /readyz answers 200 (or at once)."""
+        child = await self.start(name, [*_CLI, "run"], env)
         child.metrics_port = int(env["LOVENSE_METRICS_PORT"])
         if wait:
             try:
@@ -232,48 +179,16 @@ class Harness:
             sys.executable, "-m", "bench.baseline", "--amqp-url", self.opts.amqp_url,
             "--server-url", sim.url, "--token", sim.token, "--queue", load.BASELINE_QUEUE,
             "--prefetch", str(PREFETCH)])
-        if (event := await child.ready_line()).get("event") != "baseline_ready":
-            raise BenchError(f"baseline: unexpected ready line {event!r}")
+        await child.ready_line("baseline_ready")
         return child
 
-    async def spy(self, target: Proc) -> None:
-        """With ``--profile``, start recording ``target`` with py-spy."""
-        if self.opts.profile:
-            argv = profile.record_argv(target.pid, self.opts.log_dir / f"{target.name}.pyspy.txt")
-            spy = self._spies[target.name] = await self.start(f"py-spy-{target.name}", argv)
-            await asyncio.sleep(1.0)  # give it a moment to attach
-            if not spy.alive:
-                raise BenchError(f"py-spy exited at once (code {spy.process.returncode}):\n"
-                                 f"{spy.tail()}")
-
-    async def unspy(self, target: Proc, cpu_s: float | None, units: int) -> dict[str, Any] | None:
-        """Stop recording ``target``; return where its CPU went per unit (None: not profiled)."""
-        if (spy := self._spies.pop(target.name, None)) is None:
-            return None
-        await self.stop(spy, sig=signal.SIGINT)  # py-spy writes its output on SIGINT
-        raw = self.opts.log_dir / f"{target.name}.pyspy.txt"
-        if not raw.exists():
-            return {"samples": 0, "file": str(raw)}
-        return profile.summarize(raw, None if cpu_s is None else cpu_s * 1000 / units, units)
-
     @contextlib.asynccontextmanager
-    async def measure(self, subject: Proc, label: str, sim: Simulator,
-                      units: int) -> AsyncIterator[Measure]:
-        """Meter the CPU of ``subject`` (as ``label``), the simulator and RabbitMQ over the block.
+    async def measure(self, subject: Proc, label: str,
+                      sim: Simulator) -> AsyncIterator[dict[str, float | None]]:
+        """Meter CPU seconds of ``subject`` (as ``label``), the simulator, RabbitMQ and the rest
+        (:func:`cpu_meter`) over the block, into the yielded dict."""
+        stop = cpu_meter({label: subject.pid, "simulator": sim.proc.pid, "broker": broker_pid()})
+        cpu: dict[str, float | None] = {}
+        yield cpu
+        cpu.update(stop())
 
-        With ``--profile`` py-spy records the subject meanwhile (attached before the meter
-        starts); its profile is per unit (command, message) of the measured CPU.
-        """
-        await self.spy(subject)
-        meter = CpuMeter({label: subject.pid, "simulator": sim.proc.pid, "broker": broker_pid()})
-        measured = Measure()
-        meter.start()
-        yield measured
-        measured.cpu = meter.stop()
-        measured.profile = await self.unspy(subject, measured.cpu[label], units)
-
-
-def _cli() -> list[str]:
-    """Return the command that runs ``lovense-worker`` from this virtualenv."""
-    script = Path(sys.executable).parent / "lovense-worker"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "worker"]

@@ -1,13 +1,4 @@
-"""Drive load through the real broker and collect what comes back on ``lovense.results``.
-
-:func:`prepare` declares the worker's topology (with the worker's own contract, so
-queue arguments never drift) and the baseline's queue, checks that nobody else
-consumes them, and purges them. :func:`session` opens one bench connection whose
-:class:`Collector` gathers every result from an exclusive queue bound to
-``lovense.results`` with ``#``; commands go out stamped with
-``x-lovense-published-ms`` just before they are sent, all at once
-(:func:`publish_all`) or paced (:func:`publish_paced`).
-"""
+"""Load through the real broker: prepare the queues, publish, collect ``lovense.results``."""
 
 from __future__ import annotations
 
@@ -21,11 +12,12 @@ from typing import Any, Final
 
 import aio_pika
 import msgspec
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from pamqp.commands import Basic
 
 from bench.fastpub import FastConsumer, FastPublisher, Message
 from bench.procs import BenchError, Watch, wait_until
+from worker.adapters.amqp.declare import declare
 from worker.contract import topology
 
 BASELINE_QUEUE: Final = "bench.baseline"
@@ -39,38 +31,17 @@ Route = tuple[str, str, bytes]
 _decode = msgspec.json.Decoder().decode
 
 
-async def declare(channel: AbstractChannel, shards: int) -> None:
-    """Declare the worker's command topology as the worker does (a mismatch fails loudly)."""
-    commands = await channel.declare_exchange(
-        topology.COMMANDS_EXCHANGE, aio_pika.ExchangeType.X_CONSISTENT_HASH, durable=True)
-    dead = await channel.declare_exchange(topology.DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT,
-                                          durable=True)
-    await channel.declare_exchange(topology.RESULTS_EXCHANGE, aio_pika.ExchangeType.TOPIC,
-                                   durable=True)
-    dead_queue = await channel.declare_queue(topology.DEAD_QUEUE, durable=True,
-                                             arguments=topology.dead_arguments())
-    await dead_queue.bind(dead, routing_key="")
-    for index in range(shards):
-        queue = await channel.declare_queue(topology.shard_queue(index), durable=True,
-                                            arguments=topology.shard_arguments())
-        await queue.bind(commands, routing_key="1")  # consistent-hash weight
-
-
 async def prepare(url: str, shards: int) -> None:
-    """Declare every queue the bench uses, refuse foreign consumers, and purge them.
-
-    The Stop lane's queue is purged too once the worker has declared it.
-    """
+    """Declare the worker's topology (with its own code) and the baseline's queue, refuse
+    foreign consumers, and purge the shards, the Stop lane and the baseline's queue."""
     connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-prep"})
     async with connection:
         channel = await connection.channel()
         await declare(channel, shards)
         await channel.declare_queue(BASELINE_QUEUE, durable=True, arguments=BASELINE_ARGUMENTS)
-        names = [*(topology.shard_queue(i) for i in range(shards)), BASELINE_QUEUE]
+        names = [*(topology.shard_queue(i) for i in range(shards)), topology.STOP_QUEUE,
+                 BASELINE_QUEUE]
         queues = [await channel.declare_queue(name, passive=True) for name in names]
-        with contextlib.suppress(aio_pika.exceptions.ChannelClosed):  # not declared yet
-            queues.append(await (await connection.channel()).declare_queue(
-                topology.STOP_QUEUE, passive=True))
         busy = {q.name: q.declaration_result.consumer_count for q in queues
                 if q.declaration_result.consumer_count}
         if busy:  # checked before purging anything: their messages are not ours to drop
@@ -79,12 +50,6 @@ async def prepare(url: str, shards: int) -> None:
                 "running and would take the bench's messages; stop it and run again")
         for queue in queues:
             await queue.purge()
-
-
-def command_body(uid: str, time_sec: int = 3) -> bytes:
-    """Return the JSON of the benchmark's command for ``uid`` (Vibrate:5 for ``time_sec``)."""
-    return msgspec.json.encode({"command": "Function", "uid": uid, "action": "Vibrate:5",
-                                "timeSec": time_sec, "mode": "server"})
 
 
 def now_ms() -> int:
@@ -97,19 +62,16 @@ class Collector:
     def __init__(self, keep: bool = False) -> None:
         self.expected: set[str] = set()
         self.received: dict[str, float] = {}  # id -> epoch ms when the result arrived
-        #: With ``keep``: id -> the decoded result (status, via, supersededBy, ...).
-        self.keep = keep
+        self.keep = keep  # then keep id -> the decoded result in ``results``
         self.results: dict[str, dict[str, Any]] = {}
         self.status: Counter[str] = Counter()
         self.duplicates = 0
         self.strays = 0
         self.last_ms = 0.0
         self.done = asyncio.Event()
-        #: A result id -> the expected id it stands for (a message whose result is named
-        #: after its body's ``id``, not after its message_id).
+        #: A result id -> the expected id it stands for (a result named after its body's ``id``).
         self.aliases: dict[str, str] = {}
-        #: When each message was published (epoch ms), stamped just before it was sent.
-        self.stamps: dict[str, int] = {}
+        self.stamps: dict[str, int] = {}  # id -> epoch ms just before it was sent
 
     def expect(self, idents: Iterable[str]) -> None:
         """Add ids to wait for (before they are published)."""
@@ -124,10 +86,9 @@ class Collector:
 
     def stamped(self, body: bytes, ident: str) -> aio_pika.Message:
         """Stamp ``ident`` now; return it as a persistent aio-pika message."""
-        self.stamps[ident] = stamp = now_ms()
-        return aio_pika.Message(body, content_type="application/json", message_id=ident,
-                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                headers={topology.PUBLISHED_MS_HEADER: stamp})
+        p = self.stamp(ident)
+        return aio_pika.Message(body, content_type=p.content_type, message_id=ident,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT, headers=p.headers)
 
     def messages(self, routes: Iterable[Route]) -> Iterator[Message]:
         """Yield ``routes`` for :meth:`FastPublisher.publish`, each stamped as it is sent."""
@@ -164,7 +125,6 @@ class Collector:
 class Session:
     """One bench connection: a confirming publish channel and a results collector."""
 
-    connection: aio_pika.abc.AbstractConnection
     listen: AbstractChannel
     publish: AbstractChannel
     collector: Collector
@@ -191,45 +151,24 @@ class Session:
 
 
 @contextlib.asynccontextmanager
-async def session(url: str, name: str, *, keep: bool = False,
-                  aio_results: bool = False) -> AsyncIterator[Session]:
-    """Connect; collect every result (``keep``: with its body) from an exclusive queue.
-
-    Results come through a :class:`FastConsumer` (its own connection, about a tenth of
-    aio-pika's CPU per message) so the bench takes less CPU from the subject on this
-    small machine; ``aio_results`` consumes them with aio-pika on ``listen`` instead
-    (``throughput``/``scheduler``, as they always did).
-    """
+async def session(url: str, name: str, *, keep: bool = False) -> AsyncIterator[Session]:
+    """Connect; collect every result (``keep``: with its body) through a :class:`FastConsumer`
+    (its own connection, a tenth of aio-pika's CPU per message: less taken from the subject)."""
     collector = Collector(keep=keep)
     connection = await aio_pika.connect(url, client_properties={"connection_name": name})
-    async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(connection)
+    async with connection, FastConsumer(url, topology.RESULTS_EXCHANGE, "#", collector.on_body,
+                                        name=f"{name}-results"):
         listen = await connection.channel()
-        if aio_results:
-            queue = await listen.declare_queue(exclusive=True, auto_delete=True)
-            await queue.bind(topology.RESULTS_EXCHANGE, routing_key="#")
-
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                collector.on_body(message.body, message.message_id)
-
-            await queue.consume(on_message, no_ack=True)
-        else:
-            await stack.enter_async_context(FastConsumer(
-                url, topology.RESULTS_EXCHANGE, "#", collector.on_body, name=f"{name}-results"))
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        yield Session(connection, listen, publish, collector)
+        yield Session(listen, publish, collector)
 
 
 async def publish_paced(publisher: FastPublisher, exchange: str, routes: list[Route],
                         rate: float, collector: Collector,
                         tick_s: float = 0.005) -> dict[str, float]:
-    """Publish ``routes`` at ``rate`` per second on a fixed schedule; return how it went.
-
-    Message i is due at start + i / rate and is stamped when it is actually sent.
-    Every tick (at most every ``tick_s``) writes the messages due by then in one socket
-    write; confirms are counted as they come, never awaited per message. Return the
-    achieved rate, how far behind schedule sends fell, and the confirms' tail.
-    """
+    """Publish ``routes`` at ``rate`` per second, message i due at start + i / rate (stamped
+    when sent), each tick's due messages in one write, confirms counted as they come; return
+    the achieved rate, how far behind schedule sends fell, and the confirms' tail."""
     start = time.monotonic()
     sent, worst_lag = 0, 0.0
     while sent < len(routes):
@@ -244,9 +183,6 @@ async def publish_paced(publisher: FastPublisher, exchange: str, routes: list[Ro
     published = time.monotonic()
     await publisher.wait_confirmed()
     span = published - start
-    return {
-        "rate_per_s": round((len(routes) - 1) / span, 1) if span > 0 else 0.0,
-        "span_s": round(span, 3),
-        "worst_lag_ms": round(worst_lag * 1000, 1),
-        "confirm_tail_ms": round((time.monotonic() - published) * 1000, 1),
-    }
+    return {"rate_per_s": round((len(routes) - 1) / span, 1) if span > 0 else 0.0,
+            "span_s": round(span, 3), "worst_lag_ms": round(worst_lag * 1000, 1),
+            "confirm_tail_ms": round((time.monotonic() - published) * 1000, 1)}

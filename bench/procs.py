@@ -1,12 +1,4 @@
-"""One child process of a benchmark, and what ``/proc`` says about processes.
-
-Every child is started fresh in its own session (so a Ctrl-C in the terminal
-reaches only the bench, which then stops the children itself) and with a
-parent-death signal (so even a SIGKILLed bench leaves no orphan behind). Each
-child's stderr (and stdout after its ready line) goes to a log file in one
-temporary directory, named in the bench's output. :class:`bench.harness.Harness`
-starts them and stops every one at the end.
-"""
+"""A benchmark's child processes (own session, parent-death signal, log file) and ``/proc``."""
 
 from __future__ import annotations
 
@@ -61,17 +53,6 @@ def cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def memory_kb(pid: int) -> dict[str, int]:
-    """Return VmRSS and VmHWM (peak RSS) of a live process in kB, from /proc/PID/status."""
-    found: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                found[name] = int(value.split()[0])
-    return found
-
-
 def broker_pid() -> int | None:
     """Return the pid of a local RabbitMQ node (``beam.smp``), if one runs on this machine."""
     for entry in Path("/proc").iterdir():
@@ -84,75 +65,56 @@ def broker_pid() -> int | None:
 
 def machine_cpu() -> tuple[float, float]:
     """Return (busy, total) CPU seconds of the whole machine, all CPUs, from /proc/stat."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = ticks
-    busy = user + nice + system + irq + softirq + steal
-    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    busy, hz = user + nice + system + irq + softirq + steal, os.sysconf("SC_CLK_TCK")
     return busy / hz, (busy + idle + iowait) / hz
 
 
-class CpuMeter:
-    """CPU seconds of named processes and of the whole machine, from start() to stop()."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
-        self._start: dict[str, float | None] = {}
-
-    def _read(self) -> dict[str, float | None]:
+def cpu_meter(pids: dict[str, int | None]) -> Callable[[], dict[str, float | None]]:
+    """Start metering CPU seconds of ``pids``; the returned function gives each one's since,
+    ``machine_busy_share``, and ``others`` (the machine's not measured: neighbours, kernel)."""
+    def read() -> dict[str, float | None]:
         busy, total = machine_cpu()
-        reading: dict[str, float | None] = {"machine_busy": busy, "machine_total": total,
-                                            "bench": time.process_time()}
-        for name, pid in self.pids.items():
-            reading[name] = cpu_seconds(pid) if pid is not None else None
-        return reading
+        return {"machine_busy": busy, "machine_total": total, "bench": time.process_time(),
+                **{name: None if pid is None else cpu_seconds(pid) for name, pid in pids.items()}}
 
-    def start(self) -> CpuMeter:
-        self._start = self._read()
-        return self
+    start = read()
 
-    def stop(self) -> dict[str, float | None]:
-        """Return CPU seconds used since start() per name, plus the machine's busy share.
+    def stop() -> dict[str, float | None]:
+        end = read()
+        used = {k: None if v is None or end[k] is None else (end[k] or 0) - v
+                for k, v in start.items()}
+        total, busy = used.pop("machine_total") or 0.0, used.pop("machine_busy") or 0.0
+        measured = sum(v for v in used.values() if v is not None)
+        return {**used, "machine_busy_share": busy / total if total > 0 else None,
+                "others": max(0.0, busy - measured)}
 
-        ``others`` is what the machine spent on anything not measured (neighbours, kernel).
-        """
-        end = self._read()
-        used = {name: None if before is None or end[name] is None else (end[name] or 0) - before
-                for name, before in self._start.items()}
-        total = used.pop("machine_total") or 0.0
-        busy = used.pop("machine_busy") or 0.0
-        used["machine_busy_share"] = busy / total if total > 0 else None
-        measured = sum(v for k, v in used.items() if v is not None and k != "machine_busy_share")
-        used["others"] = max(0.0, busy - measured)
-        return used
+    return stop
 
 
 async def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None) -> Proc:
     """Start ``argv`` from the repository root; stdout is a pipe, stderr the log file."""
-    with log.open("wb") as err:
+    with log.open("wb") as err:  # the child keeps its own descriptor
         err.write(f"$ {' '.join(argv)}\n".encode())
         err.flush()
         spawned_at = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    child = Proc(name, process, log)
-    child.started_at = spawned_at
-    return child
+            preexec_fn=_die_with_parent)
+    return Proc(name, process, log, spawned_at)
 
 
 class Proc:
     """One child process, its log file, its /metrics port (a worker), and how to stop it."""
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-        self.pid = process.pid
+    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path,
+                 started_at: float) -> None:
+        self.name, self.process, self.log, self.pid = name, process, log, process.pid
         self.metrics_port: int | None = None
         #: time.monotonic() just before the process was spawned, and seconds to /readyz 200.
-        self.started_at = time.monotonic()
+        self.started_at = started_at
         self.ready_s: float | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -162,23 +124,33 @@ class Proc:
 
     def memory_kb(self) -> dict[str, int]:
         """Return VmRSS and VmHWM (peak RSS) in kB from /proc/PID/status (empty once gone)."""
-        return memory_kb(self.pid)
+        with contextlib.suppress(OSError):
+            lines = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+            return {name: int(value.split()[0]) for name, _, value in
+                    (line.partition(":") for line in lines) if name in ("VmRSS", "VmHWM")}
+        return {}
 
     def cpu(self) -> float | None:
         """Return the CPU seconds used so far (None once it has exited)."""
         return cpu_seconds(self.pid)
 
+    async def _get(self, path: str) -> tuple[int, str]:
+        """GET the worker's ``path`` on its metrics port: (status, text); (0, "") on no answer."""
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                    url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                return response.status, await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return 0, ""
+
     async def wait_ready(self, timeout: float = READY_TIMEOUT_S, poll_s: float = 0.1) -> float:
         """Wait until the worker's /readyz answers 200; return seconds since it was spawned."""
-        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < self.started_at + timeout and self.alive:
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            self.ready_s = time.monotonic() - self.started_at
-                            return self.ready_s
-                await asyncio.sleep(poll_s)
+        while time.monotonic() < self.started_at + timeout and self.alive:
+            if (await self._get("/readyz"))[0] == 200:
+                self.ready_s = time.monotonic() - self.started_at
+                return self.ready_s
+            await asyncio.sleep(poll_s)
         if not self.alive:
             raise BenchError(f"{self.name} exited with code {self.process.returncode} "
                              f"{time.monotonic() - self.started_at:.0f} s after it was spawned, "
@@ -187,17 +159,10 @@ class Proc:
 
     async def metrics(self) -> str:
         """Return the worker's /metrics text ("" when it does not answer)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        try:
-            async with aiohttp.ClientSession() as session, session.get(
-                url, timeout=aiohttp.ClientTimeout(total=10)
-            ) as response:
-                return await response.text()
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return ""
+        return (await self._get("/metrics"))[1]
 
-    async def ready_line(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
-        """Read the child's first stdout line as JSON, then copy the rest to its log."""
+    async def ready_line(self, event_name: str, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        """Read the child's first stdout line, a JSON ``event_name``; copy the rest to its log."""
         assert self.process.stdout is not None
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
@@ -208,11 +173,8 @@ class Proc:
             await self.process.wait()
             raise BenchError(f"{self.name} exited with code {self.process.returncode} before "
                              f"it was ready:\n{self.tail()}")
-        try:
-            event: dict[str, Any] = json.loads(line)
-        except json.JSONDecodeError:
-            raise BenchError(f"{self.name}: first stdout line is not JSON: {line[:200]!r}"
-                             ) from None
+        if not isinstance(event := _json_line(line), dict) or event.get("event") != event_name:
+            raise BenchError(f"{self.name}: first stdout line is not {event_name}: {line[:200]!r}")
         self._drain = asyncio.create_task(self._copy_stdout())
         return event
 
@@ -225,8 +187,7 @@ class Proc:
 
     def tail(self, lines: int = 20) -> str:
         """Return the last lines of the child's log."""
-        text = self.log_lines()
-        return "\n".join(f"    {line}" for line in text[-lines:]) or "    (empty log)"
+        return "\n".join(f"    {line}" for line in self.log_lines()[-lines:]) or "    (empty log)"
 
     def log_lines(self) -> list[str]:
         """Return every line the child has logged (for warnings and errors)."""
@@ -241,27 +202,19 @@ class Proc:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """Return the child's JSON log lines whose ``event`` is ``name``."""
-        found = []
-        for line in self.log_lines():
-            if f'"{name}"' in line:
-                with contextlib.suppress(json.JSONDecodeError):
-                    event = json.loads(line)
-                    if isinstance(event, dict) and event.get("event") == name:
-                        found.append(event)
-        return found
+        found = [_json_line(line) for line in self.log_lines() if f'"{name}"' in line]
+        return [e for e in found if isinstance(e, dict) and e.get("event") == name]
 
-    async def stop(
-        self, timeout: float = _STOP_TIMEOUT_S, sig: signal.Signals = signal.SIGTERM
-    ) -> int | None:
-        """Signal the child's process group, SIGKILL it after ``timeout``; return its code."""
+    async def stop(self, timeout: float = _STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the child's process group, SIGKILL it after ``timeout``; return its code."""
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
+                os.killpg(self.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)
             except TimeoutError:
-                print(f"bench: {self.name} (pid {self.pid}) ignored {sig.name} for "
-                      f"{timeout:.0f} s; killing it", file=sys.stderr)
+                print(f"bench: {self.name} (pid {self.pid}) ignored SIGTERM for {timeout:.0f} s; "
+                      "killing it", file=sys.stderr)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pid, signal.SIGKILL)
                 await self.process.wait()
@@ -269,6 +222,13 @@ class Proc:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain, 5)
         return self.process.returncode
+
+
+def _json_line(line: str | bytes) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def watcher(*procs: Proc) -> Watch:

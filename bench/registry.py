@@ -1,36 +1,4 @@
-"""Scenarios ``registry`` and ``registry_after``: 1,000,000 paired users; replay, snapshot, RSS,
-a second start-up.
-
-1. The bench resets the registry's two streams **in the bench vhost**
-   (``lovense.callbacks.log`` and ``lovense.registry.snapshots`` are deleted and
-   the log re-declared with the worker's own arguments), refusing if anyone
-   consumes them, so the run starts from an empty registry and no snapshot.
-2. It appends 1,000,000 distinct valid callbacks straight to the stream
-   ``lovense.callbacks.log`` (default exchange, routing key = the stream name),
-   **bypassing the validating queue** ``lovense.callbacks``: uids
-   ``reg-0000000``…, each a different private address ``10.b.c.d`` as
-   ``10-b-c-d.lovense.club``, its own ``httpsPort``, one toy, ``utoken`` =
-   HMAC-SHA256 of the uid under a random secret (``worker.core.bodies.utoken_for``).
-   It publishes with :class:`bench.fastpub.FastPublisher` (confirms, batches of
-   2,000 per socket write, at most 20,000 unconfirmed).
-3. Worker A (``LOVENSE_LAN_ALLOW=10.0.0.0/8``, the secret,
-   ``LOVENSE_SNAPSHOT_INTERVAL_S=20``, info JSON logs) starts before the callbacks
-   are published and follows the log as it is written (``registry``), or after,
-   replaying the whole log before it is ready (``registry_after``). The bench
-   samples A's ``lovense_worker_registry_users`` every second until it has every
-   user, waits for A's ``registry_snapshot_written`` line covering every user, and
-   reads A's VmRSS / VmHWM from ``/proc``. A is then stopped (SIGTERM).
-4. Worker B (same settings) starts: process spawn to /readyz 200 (polled every
-   50 ms), then its ``registry_users``; B loads A's snapshot and replays only
-   the log after it.
-5. Both streams are deleted again, so other scenarios' workers do not start
-   with a million users.
-
-With ``--profile``, py-spy records A while it follows the log and B during its
-start-up. When A's RSS misses the target, a child process
-(``python -m bench.registry_memory``) rebuilds the same registry through the
-worker's own ``Pairing.apply`` under tracemalloc and says where the bytes are.
-"""
+"""Scenarios ``registry`` and ``registry_after`` (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -39,9 +7,7 @@ import functools
 import hashlib
 import hmac
 import secrets
-import sys
 import time
-from datetime import datetime
 from typing import Any, Final
 
 import aio_pika
@@ -51,6 +17,7 @@ from bench.fastpub import FastPublisher
 from bench.figures import check_lines, mb, metric, recorded_env, render, rounded
 from bench.harness import Harness, Outcome
 from bench.procs import BenchError, Proc, free_port
+from worker.config import Settings
 from worker.contract import topology
 
 FULL: Final = 1_000_000
@@ -59,35 +26,25 @@ SNAPSHOT_INTERVAL_S: Final = 20
 RSS_TARGET_MB: Final = 300.0
 START_TARGET_S: Final = 60.0
 LAN_ALLOW: Final = "10.0.0.0/8"
-#: The worker's default LOVENSE_LAN_TTL_S: the log's x-max-age must match what it declares.
-LAN_TTL_S: Final = 86_400
-USERS_METRIC: Final = "lovense_worker_registry_users"
 _encode = msgspec.json.Encoder().encode
 
 
 def callback_body(i: int, key: bytes) -> bytes:
     """Return user i's callback, in the shape the Lovense Remote app posts."""
-    uid = f"reg-{i:07d}"
+    uid, toy = f"reg-{i:07d}", f"{i:012x}"
     a, d = divmod(i, 254)
-    toy = f"{i:012x}"
     return _encode({
-        "uid": uid,
-        "appVersion": "7.76.0",
+        "uid": uid, "appVersion": "7.76.0",
         "toys": {toy: {"nickName": "", "name": "nora", "id": toy, "status": 1}},
-        "wssPort": "34568",
-        "httpPort": "34567",
-        "wsPort": "34567",
-        "appType": "remote",
+        "wssPort": "34568", "httpPort": "34567", "wsPort": "34567", "appType": "remote",
         "domain": f"10-{(a >> 8) & 255}-{a & 255}-{d + 1}.lovense.club",
         "utoken": hmac.new(key, uid.encode(), hashlib.sha256).hexdigest(),
-        "httpsPort": str(30_000 + i % 30_000),
-        "version": "",
-        "platform": "android",
-    })
+        "httpsPort": str(30_000 + i % 30_000), "version": "", "platform": "android"})
 
 
-async def _streams(url: str, *, redeclare: bool) -> dict[str, int | None]:
-    """Delete the callback log and the snapshot stream (refusing if consumed); return counts."""
+async def _streams(url: str, *, redeclare: int | None) -> dict[str, int | None]:
+    """Delete the callback log and the snapshot stream (refusing if consumed), then redeclare
+    the log for a worker whose LOVENSE_LAN_TTL_S is ``redeclare`` (if given); return counts."""
     counts: dict[str, int | None] = {}
     connection = await aio_pika.connect(url, client_properties={"connection_name": "bench-prep"})
     async with connection:
@@ -103,15 +60,15 @@ async def _streams(url: str, *, redeclare: bool) -> dict[str, int | None]:
                                  "runs on this vhost; stop it and run again")
             counts[name] = declared.message_count
             await channel.queue_delete(name)
-        if redeclare:
-            await (await connection.channel()).declare_queue(
-                topology.CALLBACKS_LOG, durable=True,
-                arguments=topology.callbacks_log_arguments(LAN_TTL_S))
+        if redeclare is not None:
+            arguments = topology.callbacks_log_arguments(redeclare)
+            await (await connection.channel()).declare_queue(topology.CALLBACKS_LOG, durable=True,
+                                                               arguments=arguments)
     return counts
 
 
 async def _users(proc: Proc) -> int | None:
-    value = metric(await proc.metrics(), USERS_METRIC)
+    value = metric(await proc.metrics(), "lovense_worker_registry_users")
     return None if value is None else int(value)
 
 
@@ -146,73 +103,44 @@ def _replay_rate(samples: list[tuple[float, int]], users: int) -> dict[str, Any]
 
 
 async def _snapshot(a: Proc, users: int, last_offset: int) -> dict[str, Any]:
-    """Wait for A's snapshot covering ``last_offset`` (the last callback) with every user.
-
-    The log line's "users" is the registry's size once the chunks are out, not what
-    they hold: a snapshot covers every user when its log offset (taken before its
-    first chunk) reaches the last callback's.
-    """
-    first_full: dict[str, Any] | None = None
+    """Wait for A's snapshot saying every user whose log offset reaches ``last_offset``."""
     snapshot: dict[str, Any] | None = None
     t0 = time.monotonic()
     while snapshot is None and time.monotonic() < t0 + 2 * SNAPSHOT_INTERVAL_S + 300 and a.alive:
-        written = [e for e in a.events("registry_snapshot_written") if e.get("users") == users]
-        first_full = first_full or next(iter(written), None)
-        snapshot = next((e for e in written if int(e.get("log_offset", -1)) >= last_offset), None)
+        snapshot = next((e for e in a.events("registry_snapshot_written") if e.get("users") == users
+                         and int(e.get("log_offset", -1)) >= last_offset), None)
         await asyncio.sleep(0.5)
-    return {"snapshot_event": snapshot, "first_snapshot_event_saying_all_users": first_full,
-            "wait_s": round(time.monotonic() - t0, 1)}
+    return {"snapshot_event": snapshot, "snapshot_wait_s": round(time.monotonic() - t0, 1)}
 
 
 async def _worker_b(h: Harness, env: dict[str, str], users: int,
                     last_offset: int, a_snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """Start worker B on A's log and snapshots; return its start-up figures."""
-    b = await h.worker("registry-B", {**env, "LOVENSE_METRICS_PORT": str(free_port())},
-                       wait=False)
-    spawned_wall = time.time() - (time.monotonic() - b.started_at)
-    await h.spy(b)
+    b = await h.worker("registry-B", {**env, "LOVENSE_METRICS_PORT": str(free_port())}, wait=False)
     failure = None
     try:
         await b.wait_ready(timeout=max(300.0, START_TARGET_S * 5), poll_s=0.05)
     except BenchError as exc:
         failure = f"B: {exc}"
     b_users = await _users(b)
-    profile = await h.unspy(b, b.cpu(), users)
-    steps = {}
-    for name in ("stop_log_replayed", "registry_ready", "worker_started"):
-        found = b.events(name)
-        if found and "timestamp" in found[0]:
-            at = datetime.fromisoformat(str(found[0]["timestamp"]).replace("Z", "+00:00"))
-            steps[name] = round(at.timestamp() - spawned_wall, 2)
     return {
-        "log_lines_at_s_after_spawn": steps,
         "log_replayed_after_snapshot": None if not a_snapshots
             else last_offset - int(a_snapshots[-1].get("log_offset", 0)),
-        "ready_s": rounded(b.ready_s, 2),
-        "users": b_users,
-        "registry_ready_event": b.event("registry_ready"),
-        "cpu_s": rounded(b.cpu(), 2),
-        "memory_mb": mb(b.memory_kb()),
-        "log_file": str(b.log),
-        "exit_code": await h.stop(b),
-        "profile": profile,
+        "ready_s": rounded(b.ready_s, 2), "users": b_users,
+        "registry_ready_event": b.event("registry_ready"), "cpu_s": rounded(b.cpu(), 2),
+        "memory_mb": mb(b.memory_kb()), "log_file": str(b.log), "exit_code": await h.stop(b),
         "failure": failure,
     }
 
 
 async def run_mode(a_start: str, h: Harness) -> Outcome:
     """Run the scenario with worker A started ``during`` or ``after`` publishing."""
-    users = h.opts.size(FULL, QUICK)
+    users, during = h.opts.size(FULL, QUICK), a_start == "during"
     secret = secrets.token_hex(16)
-    print(f"  {users} callbacks appended to {topology.CALLBACKS_LOG} (bypassing the "
-          f"validating queue); worker A started {a_start} publishing; then worker B",
-          flush=True)
-    before = await _streams(h.opts.amqp_url, redeclare=True)
     env = h.worker_env(None, log_level="info", extra={
-        "LOVENSE_LAN_ALLOW": LAN_ALLOW,
-        "LOVENSE_UTOKEN_SECRET": secret,
-        "LOVENSE_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S),
-    })
+        "LOVENSE_LAN_ALLOW": LAN_ALLOW, "LOVENSE_UTOKEN_SECRET": secret,
+        "LOVENSE_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)})
+    before = await _streams(h.opts.amqp_url, redeclare=Settings.from_env(env).lan_ttl_s)
     published: dict[str, float] = {}
 
     async def publish() -> None:
@@ -226,37 +154,29 @@ async def run_mode(a_start: str, h: Harness) -> Outcome:
               f"({users / published['s']:.0f}/s)", flush=True)
 
     samples: list[tuple[float, int]] = []
-    if a_start == "after":
+    if not during:
         await publish()
-    a = await h.worker("registry-A", env, wait=a_start == "during", ready_timeout=120)
-    if a_start == "during":
-        print(f"  A ready after {a.ready_s:.1f} s (empty log); publishing while it follows",
-              flush=True)
-    await h.spy(a)
+    a = await h.worker("registry-A", env, wait=during, ready_timeout=120)
     cpu0 = a.cpu()
-    publishing = asyncio.ensure_future(publish() if a_start == "during" else asyncio.sleep(0))
+    publishing = asyncio.ensure_future(publish() if during else asyncio.sleep(0))
     try:
-        reason = await _follow(a, users, h.opts.timeout_or(1200.0), samples)
+        reason = await _follow(a, users, h.opts.timeout_s or 1200.0, samples)
         await publishing
     finally:
         publishing.cancel()
-    cpu1 = a.cpu()
-    cpu_replay = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
-    a_profile = await h.unspy(a, cpu_replay, users)
+    cpu_replay = None if cpu0 is None or (cpu1 := a.cpu()) is None else cpu1 - cpu0
     a_memory_all = a.memory_kb()
-    print(f"  A has {samples[-1][1] if samples else '?'} users "
-          f"{samples[-1][0] if samples else '?'} s after it was spawned; waiting for its "
+    print(f"  A has {samples[-1] if samples else '?'} (s after spawn, users); waiting for its "
           "snapshot", flush=True)
     # The stream is new, so its offsets start at 0; A appends one marker at start-up
     # (before the callbacks when it starts first, after them otherwise).
-    last_offset = users if a_start == "during" else users - 1
-    snap: dict[str, Any] = {"snapshot_event": None, "first_snapshot_event_saying_all_users": None,
-                            "wait_s": None}
+    last_offset = users if during else users - 1
+    snap = dict.fromkeys(("snapshot_event", "snapshot_wait_s"))
     if reason is None:
         snap = await _snapshot(a, users, last_offset)
         if snap["snapshot_event"] is None:
             reason = (f"A wrote no snapshot covering log offset {last_offset} within "
-                      f"{snap['wait_s']} s")
+                      f"{snap['snapshot_wait_s']} s")
     a_memory = a.memory_kb()
     a_snapshots = a.events("registry_snapshot_written")
     a_code = await h.stop(a)
@@ -264,26 +184,12 @@ async def run_mode(a_start: str, h: Harness) -> Outcome:
     if reason is None:
         b_figures = await _worker_b(h, env, users, last_offset, a_snapshots)
         reason = b_figures.pop("failure")
-    b_profile = b_figures.pop("profile", None)
-    after = await _streams(h.opts.amqp_url, redeclare=False)
+    after = await _streams(h.opts.amqp_url, redeclare=None)
     rss, hwm = mb(a_memory).get("VmRSS"), mb(a_memory).get("VmHWM")
     rss_met = None if rss is None or snap["snapshot_event"] is None else (
         rss <= RSS_TARGET_MB and (hwm or 0) <= RSS_TARGET_MB)
-    b_ready_s = b_figures.get("ready_s")
-    start_met = None if b_ready_s is None else (b_ready_s <= START_TARGET_S
-                                                and b_figures.get("users") == users)
-    breakdown = None
-    if rss_met is False or h.opts.profile:
-        print("  measuring where the registry's memory goes (tracemalloc, in a child)",
-              flush=True)
-        child = await h.start("registry-memory", [
-            sys.executable, "-m", "bench.registry_memory", "--users", str(users)])
-        try:
-            breakdown = await child.ready_line(timeout=900)
-        except BenchError as exc:
-            breakdown = {"error": str(exc)}
-        finally:
-            await h.stop(child)
+    start_met = None if b_figures.get("ready_s") is None else (
+        b_figures["ready_s"] <= START_TARGET_S and b_figures.get("users") == users)
     checks = {
         "A replayed every user": bool(samples) and samples[-1][1] == users,
         "A wrote a snapshot covering every user": snap["snapshot_event"] is not None,
@@ -302,18 +208,14 @@ async def run_mode(a_start: str, h: Harness) -> Outcome:
             "replay": _replay_rate(samples, users), "replay_cpu_s": rounded(cpu_replay, 1),
             "replay_cpu_us_per_message": None if cpu_replay is None
                 else round(cpu_replay * 1e6 / users, 1),
-            "users_samples": samples, "memory_mb_with_all_users": mb(a_memory_all),
-            **{k: v for k, v in snap.items() if k != "wait_s"},
+            "users_samples": samples, "memory_mb_with_all_users": mb(a_memory_all), **snap,
             "last_callback_offset": last_offset, "snapshots_written": len(a_snapshots),
-            "snapshot_wait_s": snap["wait_s"], "memory_mb": {"VmRSS": rss, "VmHWM": hwm},
+            "memory_mb": {"VmRSS": rss, "VmHWM": hwm},
             "bytes_per_user_rss": None if rss is None else round(rss * 1024 * 1024 / users),
             "exit_code": a_code, "log_file": str(a.log),
         },
         "b": {**b_figures, "snapshots_in_stream": len(a_snapshots),
               "snapshot_chunks_in_stream": sum(int(e.get("chunks", 0)) for e in a_snapshots)},
-        "memory_breakdown": breakdown,
-        "profiles": {"worker A, following the log (µs per message)": a_profile,
-                     "worker B, start-up (µs per user)": b_profile},
         "streams_after": after, "failure": reason, "checks": checks,
         "target": {
             "rss": {"what": f"A's VmRSS and VmHWM <= {RSS_TARGET_MB:g} MB with {users} users",
@@ -323,8 +225,8 @@ async def run_mode(a_start: str, h: Harness) -> Outcome:
             "met": bool(rss_met and start_met),
         },
     }
-    name = "registry" if a_start == "during" else "registry_after"
-    return Outcome(name, data, table(data), all(checks.values()))
+    return Outcome("registry" if during else "registry_after", data, table(data),
+                   all(checks.values()))
 
 
 run = functools.partial(run_mode, "during")
@@ -332,15 +234,13 @@ run_after = functools.partial(run_mode, "after")
 
 
 def table(data: dict[str, Any]) -> str:
-    """Return the scenario's figures as text."""
     lines = render(
         data,
         "published {users} callbacks in {publish_s} s ({publish_per_s}/s), straight to the "
         "log; A started {a_started}",
-        "A: ready {a[ready_s]} s after spawn (its registry_ready: "
-        "{a[registry_ready_event][seconds]} s); log applied at {a[replay][messages_per_s]} "
-        "messages/s (gauge first > 0 at {a[replay][first_user_s]} s, all at "
-        "{a[replay][all_users_s]} s), {a[replay_cpu_us_per_message]} µs CPU/message",
+        "A: ready {a[ready_s]} s after spawn; log applied at {a[replay][messages_per_s]}/s "
+        "(users > 0 at {a[replay][first_user_s]} s, all at {a[replay][all_users_s]} s), "
+        "{a[replay_cpu_us_per_message]} µs CPU/message",
         "A: snapshot covering log offset {a[snapshot_event][log_offset]} (every user) in "
         "{a[snapshot_event][chunks]} chunks {a[snapshot_wait_s]} s after it had every user; RSS "
         "{a[memory_mb][VmRSS]} MB, peak {a[memory_mb][VmHWM]} MB (before the snapshot: "
@@ -351,12 +251,5 @@ def table(data: dict[str, Any]) -> str:
         "{b[registry_ready_event][seconds]} s, from snapshot "
         "{b[registry_ready_event][from_snapshot]}), RSS {b[memory_mb][VmRSS]} MB -> "
         f"{{target[start][met]!v}} (<= {START_TARGET_S:g} s)",
-        "B: log lines at (s after spawn): "
-        + ", ".join(f"{k} {v}" for k, v in (data["b"].get("log_lines_at_s_after_spawn") or {})
-                    .items())
-        + "; callback-log messages after its snapshot: {b[log_replayed_after_snapshot]}")
-    if (breakdown := data.get("memory_breakdown")) and "top" in breakdown:
-        lines += render(breakdown, "memory breakdown (tracemalloc, {users} users through "
-                        "Pairing.apply): {traced_mb} MB traced, RSS {rss_mb} MB")
-        lines += [f"  {row['mb']:>8.1f} MB  {row['where']}" for row in breakdown["top"][:8]]
+        "B: callback-log messages after its snapshot: {b[log_replayed_after_snapshot]}")
     return "\n".join(lines + check_lines(data))
