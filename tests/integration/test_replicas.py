@@ -77,9 +77,11 @@ async def test_three_replicas_keep_order_and_limits_spread_and_take_over(
         for i, start in enumerate(times):
             for k in range(i, len(times)):
                 # Default server limit: burst 4, 2 per second. Times are taken where the
-                # calls arrive, so allow 50 ms of send-to-arrival jitter (a first call
-                # also opens its connection).
-                assert k - i + 1 <= 4 + 2 * (times[k] - start + 50) / 1000, uid
+                # calls arrive, so allow 150 ms of send-to-arrival jitter: a user's first
+                # call also opens its replica's connection, and arrives up to ~100 ms late
+                # on a loaded 2-CPU machine. No limit (5 calls at once) or a 3/s one (the
+                # 5th 333 ms after the 1st) still fails: 4 + 2 x 0.483 < 5.
+                assert k - i + 1 <= 4 + 2 * (times[k] - start + 150) / 1000, uid
 
     await replicas[1].signal(signal.SIGKILL)
     sim.clear()
