@@ -129,7 +129,7 @@ async def test_lan_play_example_after_setup_plays_on_max(
     answers = [await lan(sim, client, LAN_EXAMPLES[7]), await lan(sim, client, PLAY_EXAMPLE)]
     toy = sim.app("sim-user-1").toys[MAX]
     assert answers == [LAN_OK, LAN_OK]
-    assert (toy.v2_actions[-1], toy.v2_playing, toy.v2_start_ms) == ((800, 88), True, 100)
+    assert (toy.v2.actions[-1], toy.v2.playing, toy.v2.start_ms) == ((800, 88), True, 100)
 
 
 @pytest.mark.parametrize("body", SERVER_EXAMPLES, ids=lambda b: str(b["command"]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import msgspec
+
 from worker.contract.messages import command_decoder
 from worker.core import bodies
 
@@ -48,6 +50,22 @@ def test_position_value_is_sent_as_a_string() -> None:
     """Position's value goes out as the string the docs show, whatever the producer sent."""
     cmd = _cmd('{"command":"Position","uid":"u","value":42}')
     assert bodies.lan_body(cmd) == {"command": "Position", "value": "42", "apiVer": 1}
+
+
+def test_init_play_sends_stop_previous_only_when_given() -> None:
+    """InitPlay carries stopPrevious as given; without it the app's own default (0) applies."""
+    given = _cmd('{"command":"PatternV2","uid":"u","type":"InitPlay","stopPrevious":1,'
+                 '"actions":[{"ts":0,"pos":10},{"ts":500,"pos":90}],"startTime":0}')
+    left_out = _cmd('{"command":"PatternV2","uid":"u","type":"InitPlay",'
+                    '"actions":[{"ts":0,"pos":10}]}')
+    # actions stay Structs until the request is encoded: compare what goes on the wire.
+    assert msgspec.to_builtins(bodies.lan_body(given)) == {
+        "command": "PatternV2", "type": "InitPlay",
+        "actions": [{"ts": 0, "pos": 10}, {"ts": 500, "pos": 90}], "startTime": 0,
+        "stopPrevious": 1, "apiVer": 1}
+    assert msgspec.to_builtins(bodies.lan_body(left_out)) == {
+        "command": "PatternV2", "type": "InitPlay", "actions": [{"ts": 0, "pos": 10}],
+        "apiVer": 1}
 
 
 def test_get_toys_has_no_api_ver() -> None:

@@ -9,7 +9,8 @@ from worker.contract.messages import Function
 from worker.core import intake
 
 COMMANDS = (
-    "Forget, Function, GetQrCode, GetToyName, GetToys, Pattern, PatternV2, Position, Preset, Stop"
+    "Forget, Function, GetQrCode, GetToyName, GetToys, GetUser, Pattern, PatternV2, Position, "
+    "Preset, Stop"
 )
 
 
@@ -44,6 +45,8 @@ COMMANDS = (
          "lan.httpsPort: required"),
         (b'{"command":"PatternV2","uid":"u","type":"Setup","actions":[{"ts":0,"pos":"1"}]}',
          "actions[0].pos: expected `int`, got `str`"),
+        (b'{"command":"PatternV2","uid":"u","type":"InitPlay","actions":[{"ts":0,"pos":1}],'
+         b'"stopPrevious":2}', "stopPrevious: 2 is not allowed"),
         (b'{"command":"Function","uid":"","action":"Vibrate:1","timeSec":2}',
          "uid: expected `str` of length >= 1"),
         (b'{"command":"Function","uid":"u","action":"Vibrate:1","timeSec":2,"mode":"cloud"}',

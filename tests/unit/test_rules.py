@@ -715,6 +715,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         pattern_v2("Play", timeMs=100),
         "timeMs: must be more than 100 ms, got 100",
     ),
+    (
+        "play-stop-previous",
+        pattern_v2("Play", stopPrevious=1),
+        "stopPrevious: PatternV2 Play takes no stopPrevious (only InitPlay does)",
+    ),
+    (
+        "setup-stop-previous",
+        pattern_v2("Setup", actions=ACTIONS, stopPrevious=0),
+        "stopPrevious: PatternV2 Setup takes no stopPrevious (only InitPlay does)",
+    ),
     # Preset.
     (
         "preset-unknown",
@@ -884,6 +894,8 @@ def test_position_value_returns_the_docs_string(value: int | str, text: str) -> 
         PatternV2(
             uid="u1", type="InitPlay", actions=[PatternAction(ts=7_200_000, pos=100)], startTime=0
         ),
+        PatternV2(uid="u1", type="InitPlay", actions=[PatternAction(ts=0, pos=0)], stopPrevious=0),
+        PatternV2(uid="u1", type="InitPlay", actions=[PatternAction(ts=0, pos=0)], stopPrevious=1),
         PatternV2(uid="u1", type="SyncTime"),
         Preset(uids=["u1"], name="earthquake", timeSec=0, toy=["a", "b"]),
         GetToys(uid="u1", lan=LanTarget(domain="127-0-0-1.lovense.club", httpsPort=30010)),

@@ -283,10 +283,10 @@ def test_stop_clears_levels_pattern_preset_and_pattern_v2() -> None:
     nora.apply(
         check_call({"command": "Preset", "name": "wave", "timeSec": 0, "apiVer": 1}, lan=True), 0
     )
-    nora.setup(((0, 10), (100, 90)))
-    nora.play(0, 0)
+    nora.v2.setup(((0, 10), (100, 90)))
+    nora.v2.play(0, 0, 0)
     text = nora.apply(FunctionCall(plan=ActionPlan(levels={}, stop=True), time_sec=0), 0)
-    assert (text, nora.levels, nora.preset, nora.pattern, nora.v2_playing) == (
+    assert (text, nora.levels, nora.preset, nora.pattern, nora.v2.playing) == (
         "stopped",
         {"Vibrate": 0, "Rotate": 0},
         None,
@@ -403,12 +403,12 @@ def test_pattern_v2_setup_then_play_plays_from_start_time() -> None:
         "apiVer": 1,
     }
     assert [run(state, setup), run(state, play)] == [{"code": 200, "type": "ok"}] * 2
-    assert (state[MAX].v2_playing, state[MAX].v2_start_ms, state[MAX].v2_offset_ms) == (
+    assert (state[MAX].v2.playing, state[MAX].v2.start_ms, state[MAX].v2.offset_ms) == (
         True,
         100,
         300,
     )
-    assert state[NORA].v2_playing is False
+    assert state[NORA].v2.playing is False
 
 
 @pytest.mark.parametrize(
@@ -494,3 +494,88 @@ def test_recorded_request_is_frozen() -> None:
     request = RecordedRequest("server", None, "http", "POST", "/", {}, {}, 0, 200)
     with pytest.raises(AttributeError):
         request.status = 1  # type: ignore[misc]
+
+
+PATTERN_A = [{"ts": 0, "pos": 10}, {"ts": 1000, "pos": 90}]
+PATTERN_B = [{"ts": 0, "pos": 5}, {"ts": 500, "pos": 50}]
+
+
+def init_play(actions: list[dict[str, int]], **extra: Any) -> dict[str, Any]:
+    """Return an InitPlay body for the Solace Pro."""
+    return {"command": "PatternV2", "type": "InitPlay", "toy": SOLACE, "actions": actions,
+            "apiVer": 1, **extra}
+
+
+def at(state: dict[str, ToyState], body: dict[str, Any], now: int) -> Any:
+    """Run a LAN command at ``now`` ms and return its decoded answer, or the refusing code."""
+    try:
+        answer, _ = lan_command(AppSpec(uid="u"), state, body, now)
+    except Rejected as exc:
+        return exc.code
+    return msgspec.json.decode(answer)
+
+
+def test_init_play_without_stop_previous_queues_behind_the_running_pattern() -> None:
+    """InitPlay defaults to stopPrevious 0: it waits, then starts where the running one ends."""
+    state = toys()
+    solace = state[SOLACE]
+    assert at(state, init_play(PATTERN_A), 0) == {"code": 200, "type": "ok"}
+    assert at(state, init_play(PATTERN_B, stopPrevious=0), 200) == {"code": 200, "type": "ok"}
+    assert (solace.v2.running(999), solace.v2.actions[-1], len(solace.v2.queue)) == (
+        True, (1000, 90), 1)
+    assert (solace.v2.running(1000), solace.v2.actions[-1], solace.v2.since_ms) == (
+        True, (500, 50), 1000)
+    assert solace.v2.snapshot(1499)["queued"] == 0
+    assert solace.v2.running(1500) is False
+
+
+def test_init_play_with_stop_previous_1_replaces_the_running_pattern_and_its_queue() -> None:
+    """stopPrevious 1 starts the new pattern at once and drops the patterns waiting."""
+    state = toys()
+    solace = state[SOLACE]
+    at(state, init_play(PATTERN_A), 0)
+    at(state, init_play(PATTERN_A), 100)
+    assert at(state, init_play(PATTERN_B, stopPrevious=1), 200) == {"code": 200, "type": "ok"}
+    assert (solace.v2.actions[-1], solace.v2.since_ms, solace.v2.queue) == ((500, 50), 200, [])
+    assert solace.v2.running(699) is True
+    assert solace.v2.running(700) is False
+
+
+def test_init_play_starts_at_once_when_nothing_plays() -> None:
+    """With stopPrevious 0 and the previous pattern over, InitPlay plays immediately."""
+    state = toys()
+    at(state, init_play(PATTERN_A), 0)
+    at(state, init_play(PATTERN_B), 1000)
+    assert (state[SOLACE].v2.actions[-1], state[SOLACE].v2.since_ms) == ((500, 50), 1000)
+
+
+@pytest.mark.parametrize(("value", "code"), [(2, 404), (-1, 404), ("x", 404), (True, 404)])
+def test_init_play_stop_previous_is_0_or_1(value: object, code: int) -> None:
+    """stopPrevious on InitPlay must be the integer 0 or 1."""
+    assert at(toys(), init_play(PATTERN_A, stopPrevious=value), 0) == code
+
+
+def test_init_play_queue_is_bounded_and_stop_empties_it() -> None:
+    """Sixteen InitPlays may wait behind a running pattern; a PatternV2 Stop drops them all."""
+    state = toys()
+    at(state, init_play(PATTERN_A), 0)
+    answers = [at(state, init_play(PATTERN_B), 1) for _ in range(17)]
+    assert answers == [{"code": 200, "type": "ok"}] * 16 + [404]
+    stop = {"command": "PatternV2", "type": "Stop", "toy": SOLACE, "apiVer": 1}
+    assert at(state, stop, 2) == {"code": 200, "type": "ok"}
+    assert (state[SOLACE].v2.playing, state[SOLACE].v2.queue) == (False, [])
+
+
+def test_setup_and_play_drop_queued_init_plays() -> None:
+    """A Setup or a Play replaces what was queued: the queue only follows InitPlay."""
+    state = toys()
+    at(state, init_play(PATTERN_A), 0)
+    at(state, init_play(PATTERN_B), 10)
+    play = {"command": "PatternV2", "type": "Play", "toy": SOLACE, "apiVer": 1}
+    assert at(state, play, 20) == {"code": 200, "type": "ok"}
+    assert (state[SOLACE].v2.queue, state[SOLACE].v2.since_ms) == ([], 20)
+    at(state, init_play(PATTERN_B), 30)
+    setup = {"command": "PatternV2", "type": "Setup", "toy": SOLACE, "actions": PATTERN_B,
+             "apiVer": 1}
+    assert at(state, setup, 40) == {"code": 200, "type": "ok"}
+    assert (state[SOLACE].v2.queue, state[SOLACE].v2.playing) == ([], False)

@@ -117,9 +117,11 @@ class PatternV2(_Command, tag="PatternV2"):
     startTime: int | None = None
     offsetTime: int | None = None
     timeMs: float | None = None
+    #: InitPlay only: 1 stops a running pattern, 0 (the app's default) queues behind it.
+    stopPrevious: Literal[0, 1] | None = None
     apiVer: Literal[1] = 1
 
-    lovense_fields = ("type", "actions", "startTime", "offsetTime", "timeMs")
+    lovense_fields = ("type", "actions", "startTime", "offsetTime", "timeMs", "stopPrevious")
 
 
 class Preset(_Command, tag="Preset"):
@@ -160,15 +162,19 @@ class Forget(_Command, tag="Forget"):
     """Erase a user's LAN endpoint from every replica's registry and from replays."""
 
 
+class GetUser(_Command, tag="GetUser"):
+    """Ask the worker what it knows of a user (a worker command: nothing is sent to Lovense)."""
+
+
 Command = (
     Function | Stop | Pattern | PatternV2 | Preset | Position | GetToys | GetToyName | GetQrCode
-    | Forget
+    | Forget | GetUser
 )
 
 COMMAND_NAMES: Final[frozenset[str]] = frozenset(
     str(t.__struct_config__.tag)
     for t in (Function, Stop, Pattern, PatternV2, Preset, Position, GetToys, GetToyName, GetQrCode,
-              Forget)
+              Forget, GetUser)
 )
 
 

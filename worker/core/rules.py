@@ -28,6 +28,7 @@ from worker.contract.messages import (
     GetQrCode,
     GetToyName,
     GetToys,
+    GetUser,
     Pattern,
     PatternV2,
     Position,
@@ -165,7 +166,7 @@ def validate(cmd: Command, caps: Caps = DEFAULT_CAPS) -> None:
             _check_preset(cmd)
         case Position():
             position_value(cmd)
-        case GetQrCode() | Forget():
+        case GetQrCode() | Forget() | GetUser():
             _check_qr_code(cmd)
         case Stop() | GetToys() | GetToyName():
             pass
@@ -469,6 +470,10 @@ def _parse_stroke(text: str) -> tuple[int, int]:
 
 def _check_pattern_v2(cmd: PatternV2) -> None:
     """Check the fields each PatternV2 operation takes."""
+    if cmd.stopPrevious is not None and cmd.type != "InitPlay":
+        raise InvalidCommand(
+            f"stopPrevious: PatternV2 {cmd.type} takes no stopPrevious (only InitPlay does)"
+        )
     match cmd.type:
         case "Setup":
             _forbid(cmd, _PLAY_FIELDS, "Play and InitPlay")
@@ -544,9 +549,11 @@ def _check_preset(cmd: Preset) -> None:
     _check_time_sec(cmd.timeSec, required=True)
 
 
-def _check_qr_code(cmd: GetQrCode | Forget) -> None:
-    """Check that GetQrCode or Forget names exactly one user and no toy or LAN app."""
-    verb = "pairs" if isinstance(cmd, GetQrCode) else "erases"
+def _check_qr_code(cmd: GetQrCode | Forget | GetUser) -> None:
+    """Check that GetQrCode, Forget or GetUser names exactly one user and no toy or LAN app."""
+    verb = {"GetQrCode": "pairs", "Forget": "erases"}.get(cmd.kind, "describes")
+    if isinstance(cmd, GetUser) and cmd.mode != "auto":
+        raise InvalidCommand("mode: GetUser contacts neither the app nor Lovense; remove mode")
     if cmd.uids is not None:
         raise InvalidCommand(f"uids: {cmd.kind} {verb} one user; give a single uid")
     if cmd.toy is not None:

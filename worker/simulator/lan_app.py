@@ -20,6 +20,7 @@ from aiohttp import web
 
 from worker.simulator.certs import Listener
 from worker.simulator.hold import Hold
+from worker.simulator.pattern_v2 import MAX_QUEUED, Playback
 from worker.simulator.toys import (
     INVALID_COMMAND,
     INVALID_PARAMETER,
@@ -301,7 +302,7 @@ def lan_command(
             chosen = _targets(toys, body, lambda toy: toy.supports("Position"))
             return LAN_OK, [(toy, toy.set_position(value)) for toy in chosen]
         case "PatternV2":
-            return LAN_OK, _pattern_v2(spec, toys, body)
+            return LAN_OK, _pattern_v2(spec, toys, body, now)
     raise Rejected(INVALID_COMMAND)
 
 
@@ -325,7 +326,9 @@ def check_setup(actions: object) -> tuple[tuple[int, int], ...]:
     return tuple(points)
 
 
-def _pattern_v2(spec: AppSpec, toys: Mapping[str, ToyState], body: dict[str, Any]) -> list[Change]:
+def _pattern_v2(
+    spec: AppSpec, toys: Mapping[str, ToyState], body: dict[str, Any], now: int
+) -> list[Change]:
     """Run a PatternV2 Setup, Play, InitPlay, Stop or SyncTime."""
     check_api_ver(body, 1)
     version = _version(spec.app_version)
@@ -339,22 +342,26 @@ def _pattern_v2(spec: AppSpec, toys: Mapping[str, ToyState], body: dict[str, Any
     actions = check_setup(body.get("actions")) if kind in ("Setup", "InitPlay") else ()
     start = integer(body.get("startTime", 0), 0, MAX_PATTERN_MS)
     offset = integer(body.get("offsetTime", 0), 0, MAX_OFFSET_MS)
-    if body.get("timeMs") is not None and (number(body["timeMs"]) or 0) <= 100:
+    time_ms = None if body.get("timeMs") is None else number(body["timeMs"])
+    if body.get("timeMs") is not None and (time_ms or 0) <= 100:
         raise Rejected(INVALID_PARAMETER)
+    # Lovense's InitPlay default is 0: queued behind a running pattern. Other types ignore it.
+    stop_previous = kind == "InitPlay" and integer(body.get("stopPrevious", 0), 0, 1) == 1
     old = version < PATTERN_V2_SINCE
     chosen = _targets(toys, body, lambda toy: not old or toy.supports("Position"))
     if kind == "Stop":
-        return [(toy, toy.stop_v2()) for toy in chosen]
+        return [(toy, toy.v2.stop()) for toy in chosen]
     if kind == "Setup":
-        return [(toy, toy.setup(actions)) for toy in chosen]
-    if kind == "Play" and not all(toy.v2_actions for toy in chosen):
-        raise Rejected(INVALID_PARAMETER)  # not documented: Play before any Setup
-    changes: list[Change] = []
-    for toy in chosen:
-        if actions:
-            toy.setup(actions)
-        changes.append((toy, toy.play(start, offset)))
-    return changes
+        return [(toy, toy.v2.setup(actions)) for toy in chosen]
+    if kind == "Play":
+        if not all(toy.v2.actions for toy in chosen):
+            raise Rejected(INVALID_PARAMETER)  # not documented: Play before any Setup
+        return [(toy, toy.v2.play(start, offset, now, time_ms)) for toy in chosen]
+    queueing = [toy for toy in chosen if not stop_previous and toy.v2.running(now)]
+    if any(len(toy.v2.queue) >= MAX_QUEUED for toy in queueing):
+        raise Rejected(INVALID_PARAMETER)
+    playback = Playback(actions, start, offset, time_ms)
+    return [(toy, toy.v2.init_play(playback, stop_previous, now)) for toy in chosen]
 
 
 class SimApp:

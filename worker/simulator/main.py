@@ -1,8 +1,10 @@
-"""The ``simulate`` command: run the simulator in the foreground until cancelled.
+"""The ``simulate`` and ``scan`` commands: run the simulator; scan a QR code in a running one.
 
-The first line on stdout is one JSON object (``"event": "simulator_ready"``)
-naming every address, for scripts and benchmarks; a banner for people goes to
-stderr; with ``--quiet`` off, one line per toy change follows on stdout.
+``simulate`` prints one JSON object first on stdout (``"event":
+"simulator_ready"``) naming every address, for scripts and benchmarks; a banner
+for people goes to stderr; with ``--quiet`` off, one line per toy change
+follows on stdout. ``scan`` asks a running simulator to scan a code, as a user
+holding Lovense Remote would, and says what happened.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from worker.simulator import SIMULATOR_TOKEN, AppSpec, Simulator
+import aiohttp
+
+from worker.simulator import DEFAULT_HEARTBEAT_S, SIMULATOR_TOKEN, AppSpec, Simulator
 
 DEFAULT_SERVER_PORT = 8788
+DEFAULT_SIMULATOR_URL = f"http://127.0.0.1:{DEFAULT_SERVER_PORT}"
+#: ``scan`` exit codes besides 0: the code was refused, the callback was not taken, no simulator.
+SCAN_REFUSED, SCAN_CALLBACK_FAILED, SCAN_UNREACHABLE = 1, 3, 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +69,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-record", action="store_true", help="do not keep requests (for long benchmarks)"
     )
     parser.add_argument("--quiet", action="store_true", help="do not print toy changes")
+    parser.add_argument(
+        "--callback-url",
+        default=None,
+        metavar="URL",
+        help="the developer dashboard's callback URL: where a scanned app POSTs its callback "
+        "(default: none, a scan pairs but posts nothing)",
+    )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=DEFAULT_HEARTBEAT_S,
+        metavar="S",
+        help=f"seconds between a paired app's callbacks ({DEFAULT_HEARTBEAT_S:g}; 0: only at "
+        "the scan)",
+    )
+    parser.add_argument(
+        "--strict-uids",
+        action="store_true",
+        help='answer 503 "Invalid User ID" for uids never paired by a scan, as Lovense does '
+        "(the preconfigured apps included)",
+    )
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``scan`` command's arguments to ``parser``."""
+    parser.add_argument("code", help="the code of a GetQrCode result (data.code)")
+    parser.add_argument(
+        "--simulator-url",
+        default=DEFAULT_SIMULATOR_URL,
+        metavar="URL",
+        help=f"the simulator's server API ({DEFAULT_SIMULATOR_URL})",
+    )
 
 
 def build(args: argparse.Namespace) -> Simulator:
@@ -79,6 +118,9 @@ def build(args: argparse.Namespace) -> Simulator:
         record=not args.no_record,
         ca_dir=args.ca_dir,
         verbose=not args.quiet,
+        callback_url=args.callback_url,
+        heartbeat_s=args.heartbeat_s,
+        strict_uids=args.strict_uids,
     )
     if args.fail_code is not None:
         sim.set_faults(delay_ms=args.delay_ms, code=args.fail_code, share=args.fail_share)
@@ -92,6 +134,9 @@ def ready_event(sim: Simulator) -> dict[str, Any]:
         "serverUrl": sim.server_url,
         "token": sim.token,
         "caFile": sim.ca_file,
+        "callbackUrl": sim.callback_url,
+        "heartbeatS": sim.heartbeat_s,
+        "strictUids": sim.strict_uids,
         "apps": [
             {
                 "uid": app.uid,
@@ -118,6 +163,12 @@ def banner(event: dict[str, Any]) -> str:
             f"  http port {app['httpPort']}  toys {', '.join(app['toys'])}"
         )
     lines.append(f"  state       {event['serverUrl']}/_sim/state")
+    callback = event["callbackUrl"] or "none (a scan pairs but posts nothing)"
+    lines.append(
+        f"  callbacks   {callback}, heartbeat every {event['heartbeatS']:g} s"
+        + (", strict uids (never-paired uids get 503)" if event["strictUids"] else "")
+    )
+    lines.append(f"  scan        lovense-worker scan CODE --simulator-url {event['serverUrl']}")
     return "\n".join(lines)
 
 
@@ -133,6 +184,45 @@ async def run(
         if ready is not None:
             ready(event)
         await asyncio.Event().wait()
+
+
+async def scan(args: argparse.Namespace) -> int:
+    """Ask the simulator at ``--simulator-url`` to scan ``code``; print what happened.
+
+    Returns 0 when the app posted its callback (or pairing needed none), 1 when
+    the code was refused, 3 when the callback URL did not take the callback, 4
+    when no simulator answered.
+    """
+    url = args.simulator_url.rstrip("/") + "/_sim/scan"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+            session.post(url, json={"code": args.code}) as response,
+        ):
+            status, answer = response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        print(f"lovense-worker scan: no simulator answered at {url} ({exc or type(exc).__name__})",
+              file=sys.stderr)
+        return SCAN_UNREACHABLE
+    if status == 200 and isinstance(answer, dict):
+        print(_scanned(args.code, answer))
+        return 0
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if error is None:
+        print(f"lovense-worker scan: {url} answered HTTP {status}, not like the simulator",
+              file=sys.stderr)
+        return SCAN_UNREACHABLE
+    print(f"lovense-worker scan: {error}", file=sys.stderr)
+    return SCAN_CALLBACK_FAILED if status == 502 else SCAN_REFUSED
+
+
+def _scanned(code: str, answer: dict[str, Any]) -> str:
+    uid = answer["uid"]
+    if answer["callbackUrl"] is None:
+        return (f"scanned {code}: {uid} is paired; the simulator has no --callback-url, "
+                "so nothing was posted")
+    return (f"scanned {code}: {uid}'s Lovense Remote posted its callback to "
+            f"{answer['callbackUrl']} (HTTP {answer['status']})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,15 +2,16 @@
 
 Like the real one it answers HTTP 200 with the Lovense code in the JSON body,
 checks token, uid, command, parameters and the app's presence in that order,
-and relays accepted commands to the simulated apps of those uids. The
-``/_sim/*`` endpoints let another process read and steer the simulator; they
-are never recorded and never faulted.
+and relays accepted commands to the simulated apps of those uids. It remembers
+every QR code it issues (:class:`~worker.simulator.pairing.QrBook`); with
+``strict_uids`` it knows only the uids paired by a scan and answers any other
+503 "Invalid User ID", as Lovense does. The ``/_sim/*`` endpoints let another
+process read and steer the simulator; they are never recorded and never faulted.
 """
 
 from __future__ import annotations
 
-import secrets
-import string
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
@@ -18,7 +19,9 @@ import msgspec
 from aiohttp import web
 
 from worker.simulator.certs import Listener
+from worker.simulator.dashboard import CallbackFailed
 from worker.simulator.lan_app import SimApp, Stage, decode_json, now_ms, toy_ids
+from worker.simulator.pairing import QrBook, ScanRefused
 from worker.simulator.toys import INVALID_PARAMETER, Rejected, check_call, number
 
 COMMAND_PATH: Final = "/api/lan/v2/command"
@@ -38,7 +41,6 @@ SERVER_MESSAGES: Final = {
     507: "Lovense APP is offline",
 }
 SERVER_OK: Final = b'{"result":true,"code":200,"message":"Success"}'
-_QR_ALPHABET: Final = string.ascii_letters + string.digits
 #: Body keys the server consumes itself; the rest is relayed to the app.
 _SERVER_KEYS: Final = frozenset({"token", "uid"})
 
@@ -78,11 +80,21 @@ class ServerApi:
     """The fake ``api.lovense-api.com``: command relay, QR codes and the simulator's controls."""
 
     def __init__(
-        self, *, token: str, host: str, port: int, stage: Stage, apps: Mapping[str, SimApp]
+        self,
+        *,
+        token: str,
+        host: str,
+        port: int,
+        stage: Stage,
+        apps: Mapping[str, SimApp],
+        qr_book: QrBook,
+        strict_uids: bool = False,
     ) -> None:
         self.token = token
+        self.strict_uids = strict_uids
         self.offline_uids: set[str] = set()
         self.qr_requests: dict[str, dict[str, Any]] = {}
+        self.qr_book = qr_book
         self._host = host
         self._stage = stage
         self._apps = apps
@@ -95,6 +107,10 @@ class ServerApi:
             ("POST", "offline"): self._set_offline,
             ("GET", "callback"): lambda query: self.callback_body(query.get("uid", "")),
         }
+
+    def add_control(self, method: str, name: str, control: Callable[[Any], Any]) -> None:
+        """Serve ``control`` (plain or async; given the body or query) at ``/_sim/<name>``."""
+        self._controls[(method, name)] = control
 
     @property
     def url(self) -> str:
@@ -112,7 +128,7 @@ class ServerApi:
     def command(self, body: Any, now: int) -> tuple[int, bytes]:
         """Check a ``/api/lan/v2/command`` body, relay it to simulated apps, and answer."""
         try:
-            uids = self._authorize(body)
+            uids = self._authorize(body, known_only=self.strict_uids)
             check_call(body, lan=False)
             toy_ids(body.get("toy"))
         except Rejected as exc:
@@ -138,7 +154,8 @@ class ServerApi:
         except Rejected as exc:
             return exc.code, server_error(exc.code)
         self.qr_requests[body["uid"]] = body
-        code = "".join(secrets.choice(_QR_ALPHABET) for _ in range(6))
+        utoken = body.get("utoken")
+        code = self.qr_book.issue(body["uid"], utoken if isinstance(utoken, str) else "").code
         data = {"qr": f"{self.url}/UploadFiles/qr/{code}.jpg", "code": code}
         return 0, _encode({"code": 0, "message": "Success", "result": True, "data": data})
 
@@ -160,13 +177,16 @@ class ServerApi:
             "apps": [app.snapshot(now) for app in self._apps.values()],
         }
 
-    def _authorize(self, body: Any) -> list[str]:
-        """Check the token (501) and the uid list (503); return the uids."""
+    def _authorize(self, body: Any, *, known_only: bool = False) -> list[str]:
+        """Check the token (501) and the uid list (503), paired uids only if ``known_only``."""
         if not isinstance(body, dict) or body.get("token") != self.token:
             raise Rejected(INVALID_TOKEN)
         uid = body.get("uid")
         uids = uid.split(",") if isinstance(uid, str) else []
         if not uids or not all(uids):
+            raise Rejected(INVALID_USER)
+        # Not documented: one never-paired uid among several refuses the whole call.
+        if known_only and not self.qr_book.paired.issuperset(uids):
             raise Rejected(INVALID_USER)
         return uids
 
@@ -194,6 +214,13 @@ class ServerApi:
         try:
             body = msgspec.json.decode(raw) if raw else dict(request.query)
             result = control(body)
+            if inspect.isawaitable(result):
+                result = await result
+        except ScanRefused as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except CallbackFailed as exc:
+            answer = {"error": str(exc), "callback": msgspec.to_builtins(exc.post)}
+            return web.json_response(answer, status=502)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         payload = _encode({"ok": True} if result is None else result)

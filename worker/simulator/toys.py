@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from worker.simulator.pattern_v2 import PatternPlayer
+
 #: Full function name → the short name GetToys reports.
 SHORT_NAMES: Final = {
     "Vibrate": "v",
@@ -295,10 +297,7 @@ class ToyState:
     preset: str | None = None
     position: int | None = None
     until_ms: int | None = None
-    v2_actions: tuple[tuple[int, int], ...] = ()
-    v2_playing: bool = False
-    v2_start_ms: int = 0
-    v2_offset_ms: int = 0
+    v2: PatternPlayer = field(default_factory=PatternPlayer)
 
     @classmethod
     def from_spec(cls, spec: ToySpec) -> ToyState:
@@ -389,26 +388,10 @@ class ToyState:
         self.position = value
         return f"Position {value}"
 
-    def setup(self, actions: tuple[tuple[int, int], ...]) -> str:
-        """Store a PatternV2 pattern, replacing the previous one."""
-        self.v2_actions = actions
-        self.v2_playing = False
-        return f"PatternV2 set up ({len(actions)} actions)"
-
-    def play(self, start_ms: int, offset_ms: int) -> str:
-        """Play the stored PatternV2 pattern from ``start_ms``."""
-        self.v2_playing, self.v2_start_ms, self.v2_offset_ms = True, start_ms, offset_ms
-        return f"PatternV2 playing from {start_ms} ms (offset {offset_ms} ms)"
-
-    def stop_v2(self) -> str:
-        """Stop a playing PatternV2 pattern."""
-        self.v2_playing = False
-        return "PatternV2 stopped"
-
     def stop(self) -> str:
         """Stop everything: levels, stroke, pattern, preset and PatternV2 playback."""
         self._clear()
-        self.v2_playing = False
+        self.v2.stop()
         return "stopped"
 
     def expire(self, now_ms: int) -> None:
@@ -471,10 +454,5 @@ class ToyState:
             "preset": self.preset,
             "position": self.position,
             "untilMs": self.until_ms,
-            "patternV2": {
-                "actions": len(self.v2_actions),
-                "playing": self.v2_playing,
-                "startTime": self.v2_start_ms,
-                "offsetTime": self.v2_offset_ms,
-            },
+            "patternV2": self.v2.snapshot(now_ms),
         }
