@@ -1,10 +1,11 @@
 """Generate the contract's machine-readable files from the code (``make schemas``).
 
-The Structs in :mod:`worker.contract.messages` and :mod:`worker.core.callbacks` and the names in
-:mod:`worker.contract.topology` are the contract; the files in ``schemas/`` are derived
-from them and never edited by hand:
+The Structs in :mod:`worker.contract.messages`, :mod:`worker.contract.users` and
+:mod:`worker.core.callbacks` and the names in :mod:`worker.contract.topology` are the
+contract; the files in ``schemas/`` are derived from them and never edited by hand:
 
-* one JSON Schema per message kind (command, result, callback);
+* one JSON Schema per message kind (command, result, callback, event) and for
+  GetUser's answer;
 * ``asyncapi.json``, an AsyncAPI 3.0 document that ties every exchange, queue,
   stream, routing key and header to those schemas, with example messages. Its
   ``components.schemas`` are the same msgspec schemas; the examples are checked
@@ -28,6 +29,21 @@ from worker.config import Settings
 from worker.contract import topology
 from worker.contract.errors import InvalidCommand
 from worker.contract.messages import COMMAND_NAMES, Command, Result, Status, result_decoder
+from worker.contract.users import (
+    EVENT_TYPES,
+    ToyChange,
+    ToysReport,
+    UserEvent,
+    UserExpired,
+    UserForgotten,
+    UserInfo,
+    UserPaired,
+    UserReachable,
+    UserToy,
+    UserToys,
+    UserUnreachable,
+    event_decoder,
+)
 from worker.core import callbacks, intake
 from worker.core.bodies import utoken_for
 from worker.core.callbacks import Callback
@@ -49,6 +65,16 @@ SCHEMAS: dict[str, tuple[Any, str, str]] = {
         Callback, "Lovense Remote callback",
         "The body the Lovense Remote app POSTs to the platform's callback URL, which the "
         "platform forwards unchanged to exchange lovense.callbacks.",
+    ),
+    "event.schema.json": (
+        UserEvent, "User lifecycle event",
+        "An event published to exchange lovense.events, routing key = its type: user.paired, "
+        "user.toys, user.expired, user.forgotten, user.unreachable or user.reachable.",
+    ),
+    "user-info.schema.json": (
+        UserInfo, "GetUser answer",
+        "The data of a GetUser result: what the worker knows of a user (only paired: false "
+        "when it knows nothing). GetUser is a worker command: nothing is sent to Lovense.",
     ),
 }
 ASYNCAPI_FILE: Final = "asyncapi.json"
@@ -85,6 +111,8 @@ _COMMANDS: Final[list[tuple[str, str, dict[str, Any]]]] = [
     ("pair", "Ask for the QR code that pairs the user's Remote app",
      {"command": "GetQrCode", "uid": "user-42", "uname": "Pat"}),
     ("forget", "Erase the user's LAN endpoint everywhere", {"command": "Forget", "uid": "user-42"}),
+    ("get-user", "Ask the worker what it knows of a user (Lovense is not called)",
+     {"command": "GetUser", "uid": "user-42"}),
 ]
 _STOPS: Final[list[tuple[str, str, dict[str, Any]]]] = [
     ("stop-all-toys", "Stop every toy of one user", {"command": "Stop", "uid": "user-42"}),
@@ -130,6 +158,58 @@ def _results() -> list[tuple[str, str, dict[str, Any]]]:
                status="ok", via="server", code=0, message="Success", attempts=1,
                data={"qr": "https://test2.lovense.com/UploadFiles/qr/20251126/example.jpg",
                      "code": "ABC123", "expiresAt": "2025-11-26T19:38:54.470Z"}),
+        result("get-user", "GetUser: the worker's answer, data a UserInfo (attempts 0)",
+               id="2f4e6a8c0b1d4e3f9a7c5b3d1f0e2a4c", command="GetUser", uids=["user-42"],
+               status="ok",
+               message="what this replica knows; neither the app nor Lovense was contacted",
+               data=msgspec.to_builtins(UserInfo(
+                   paired=True, route="lan", toys=[_EXAMPLE_TOY],
+                   lastSeenAt="2025-11-26T15:38:40.112Z", circuit="closed"))),
+        result("get-user-unknown", "GetUser for a user the worker does not know",
+               id="6b8d0f2a4c6e4a1b8d3f5a7c9e1b3d5f", command="GetUser", uids=["user-7"],
+               status="ok",
+               message="what this replica knows; neither the app nor Lovense was contacted",
+               data=msgspec.to_builtins(UserInfo(paired=False))),
+    ]
+
+
+_EXAMPLE_TOY: Final = UserToy(id="ff922f7fd345", name="max", status="connected", battery=18)
+_EVENT_AT: Final = "2025-11-26T15:38:54.470Z"
+
+
+def _events() -> list[tuple[str, str, dict[str, Any]]]:
+    def event(name: str, summary: str, body: UserEvent) -> tuple[str, str, dict[str, Any]]:
+        return name, summary, msgspec.to_builtins(body)
+
+    user = {"uid": "user-42", "at": _EVENT_AT}
+    return [
+        event("paired", "The user's first verified callback",
+              UserPaired(id="c0a8012c9f3e4b7a8d6e5f4a3b2c1d0e", **user, reason="first-callback",
+                         domain="192-168-1-44.lovense.club", httpsPort=34568, verified=True,
+                         platform="android", appType="remote", version="101",
+                         toys=[UserToy(id="ff922f7fd345", name="max", status="connected",
+                                       battery=None)])),
+        event("battery-low", "A heartbeat reports the Max's battery at 18 %: below 20 %",
+              UserToys(id="5d1f3b7e9a2c4e6f8b0d2f4a6c8e0b1d", **user, source="callback",
+                       changes=[ToyChange(toy="ff922f7fd345", change="battery", battery=18,
+                                          previous=35, crossed=[20])],
+                       toys=[_EXAMPLE_TOY])),
+        event("toy-off", "The Max was switched off",
+              UserToys(id="7e9a1c3e5b7d4f0a2c4e6a8c0e2b4d6f", **user, source="callback",
+                       changes=[ToyChange(toy="ff922f7fd345", change="disconnected",
+                                          battery=18)],
+                       toys=[UserToy(id="ff922f7fd345", name="max", status="disconnected",
+                                     battery=18)])),
+        event("expired", "No callback within LOVENSE_LAN_TTL_S",
+              UserExpired(id="9a0b1c2d3e4f4a5b6c7d8e9f0a1b2c3d", **user,
+                          lastSeenAt="2025-11-25T15:38:50.001Z")),
+        event("forgotten", "A Forget command erased the user",
+              UserForgotten(id="1b2c3d4e5f6a4b7c8d9e0f1a2b3c4d5e", **user, known=True)),
+        event("unreachable", "Replica 1's circuit for the user's app opened",
+              UserUnreachable(id="3d4e5f6a7b8c4d9e0f1a2b3c4d5e6f7a", **user, replica=1,
+                              cooldownS=30)),
+        event("reachable", "Replica 1's circuit closed again",
+              UserReachable(id="5f6a7b8c9d0e4f1a2b3c4d5e6f7a8b9c", **user, replica=1)),
     ]
 
 
@@ -158,6 +238,8 @@ def _checked(kind: str, examples: list[tuple[str, str, dict[str, Any]]]) -> list
             intake.decode(body)
         elif kind == "result":
             result_decoder.decode(body)
+        elif kind == "event":
+            event_decoder.decode(body)
         else:
             callbacks.decode(body)
         headers = {topology.PUBLISHED_MS_HEADER: _PUBLISHED_MS} if kind == "command" else None
@@ -249,19 +331,30 @@ def _channels() -> dict[str, Any]:
         "callbacks": _exchange(
             topology.CALLBACKS_EXCHANGE, "fanout", None,
             "The platform forwards each Lovense Remote callback body here, unchanged. Forget "
-            "tombstones go through here too.", ["callback", "forget"]),
+            "tombstones and GetToys reports go through here too.",
+            ["callback", "forget", "toysReport"]),
         "callbacksQueue": _queue(
             topology.CALLBACKS_QUEUE, topology.shard_arguments(),
             [(topology.CALLBACKS_EXCHANGE, "")],
             "One replica at a time validates each callback and dead-letters refused ones "
-            "(x-lovense-error: callback refused: ...); it skips tombstones.",
-            ["callback", "forget"]),
+            "(x-lovense-error: callback refused: ...); it skips tombstones. That replica "
+            "publishes the user.paired, user.toys and user.expired events.",
+            ["callback", "forget", "toysReport", "sweep"]),
         "callbacksLog": _queue(
             topology.CALLBACKS_LOG, topology.callbacks_log_arguments(defaults.lan_ttl_s),
             [(topology.CALLBACKS_EXCHANGE, "")],
             "Every replica builds its LAN registry from this stream. Its x-max-age is "
             f"LOVENSE_LAN_TTL_S (default {defaults.lan_ttl_s} s).",
-            ["callback", "forget", "marker"]),
+            ["callback", "forget", "toysReport", "marker"]),
+        "events": _exchange(
+            topology.EVENTS_EXCHANGE, "topic", "{type}",
+            "User lifecycle events, routing key = the event's type. Paired, toys and expired "
+            "come from the replica holding the callbacks queue's active consumer, forgotten "
+            "from the replica that ran the Forget, unreachable and reachable from the replica "
+            "whose circuit changed (its ordinal in replica): each once per change. Bind a "
+            "queue of your own (user.# for all).",
+            ["event"], parameters={"type": {"enum": list(EVENT_TYPES),
+                                            "description": "the event's type"}}),
         "registrySnapshots": _queue(
             topology.SNAPSHOTS, topology.snapshot_arguments(), [],
             "Registry snapshots in chunks, each tagged with the callback-log offset it covers; "
@@ -338,6 +431,34 @@ def _messages() -> dict[str, Any]:
             "payload": {"$ref": _REF.format(name="Callback")},
             "examples": _checked("callback", _callbacks()),
         },
+        "event": {
+            "name": "event", "title": "User lifecycle event", "contentType": "application/json",
+            "summary": "What changed about a user: paired, toys, expired, forgotten, "
+                       "unreachable or reachable.",
+            "description": "AMQP message_id is the event's id. No event carries a token or "
+                           "utoken; only user.paired carries the LAN address.",
+            "payload": {"$ref": _REF.format(name="UserEvent")},
+            "examples": _checked("event", _events()),
+        },
+        "toysReport": {
+            "name": "toysReport", "title": "GetToys report",
+            "contentType": "application/json",
+            "summary": "Written by the worker after a GetToys answer: each toy's battery and "
+                       "functions, so every replica learns them and battery crossings become "
+                       "user.toys events.",
+            "headers": _headers([topology.TOYS_HEADER], {topology.TOYS_HEADER: {
+                "type": "string", "minLength": 1, "description": "the uid the report is of"}}),
+            "payload": {"$ref": _REF.format(name="ToysReport")},
+        },
+        "sweep": {
+            "name": "sweep", "title": "Expiry sweep tick",
+            "summary": "Sent by every replica now and then straight to the callbacks queue "
+                       "(an empty body): the replica holding its active consumer then "
+                       "publishes user.expired for users past LOVENSE_LAN_TTL_S.",
+            "headers": _headers([topology.SWEEP_HEADER], {topology.SWEEP_HEADER: {
+                "type": "integer", "description": "always 1"}}),
+            "examples": [{"name": "sweep", "headers": {topology.SWEEP_HEADER: 1}}],
+        },
         "forget": {
             "name": "forget", "title": "Forget tombstone",
             "summary": "Written by the worker for a Forget command: an empty body and the "
@@ -413,10 +534,18 @@ _OPERATIONS: Final[list[tuple[str, str, str, list[str], dict[str, Any], str]]] =
      "Publish every result, with publisher confirms."),
     ("replyResults", "send", "replyTo", ["result"], _PERSISTENT,
      "Send the result to the command's reply_to as well."),
-    ("validateCallbacks", "receive", "callbacksQueue", ["callback", "forget"], {},
-     "Validate callbacks; dead-letter refused ones."),
-    ("followCallbacksLog", "receive", "callbacksLog", ["callback", "forget", "marker"], {},
+    ("validateCallbacks", "receive", "callbacksQueue", ["callback", "forget", "toysReport",
+                                                         "sweep"], {},
+     "Validate callbacks; dead-letter refused ones; publish their events; sweep expired users."),
+    ("followCallbacksLog", "receive", "callbacksLog",
+     ["callback", "forget", "toysReport", "marker"], {},
      "Build the LAN registry from the callback log."),
+    ("tickSweep", "send", "callbacksQueue", ["sweep"], {},
+     "Ask the queue's active consumer to look for expired users."),
+    ("announceToys", "send", "callbacks", ["toysReport"], _PERSISTENT,
+     "Share what a GetToys answer said with every replica."),
+    ("publishEvents", "send", "events", ["event"], _PERSISTENT,
+     "Publish user lifecycle events, with publisher confirms."),
     ("appendCallbacksLog", "send", "callbacksLog", ["marker"], {},
      "Mark the callback log's replay."),
     ("announceForget", "send", "callbacks", ["forget"], _PERSISTENT,
@@ -457,8 +586,9 @@ def _operations() -> dict[str, Any]:
 
 def _components() -> dict[str, Any]:
     """Return the msgspec schemas as AsyncAPI components (AsyncAPI's discriminator form)."""
-    (command, _result, _callback), schemas = msgspec.json.schema_components(
-        [Command, Result, Callback], ref_template=_REF)
+    (command, _result, _callback, event, _info, _report), schemas = (
+        msgspec.json.schema_components(
+            [Command, Result, Callback, UserEvent, UserInfo, ToysReport], ref_template=_REF))
     schemas = _with_caps({"$defs": dict(schemas)}, DEFAULT_CAPS)["$defs"]
     discriminator = command.pop("discriminator")
     # AsyncAPI names the tag property only: its value must be the component's name.
@@ -467,6 +597,11 @@ def _components() -> dict[str, Any]:
             raise ValueError(f"command {tag!r} is not component {ref!r}")
     schemas["Command"] = {"title": "Command", "description": SCHEMAS["command.schema.json"][2],
                           **command, "discriminator": discriminator["propertyName"]}
+    # Event types (user.paired) are not component names, which AsyncAPI's discriminator
+    # requires: each variant names its type in its own "type" property instead.
+    event.pop("discriminator")
+    schemas["UserEvent"] = {"title": "UserEvent", "description": SCHEMAS["event.schema.json"][2],
+                            **event}
     return dict(sorted(schemas.items()))
 
 

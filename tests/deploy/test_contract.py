@@ -20,6 +20,7 @@ from tests.deploy.support import SCHEMAS, load_json, npm_file
 from tests.deploy.test_rabbitmq_definitions import declared
 from worker.contract import topology
 from worker.contract.messages import COMMAND_NAMES, Status, command_decoder, result_decoder
+from worker.contract.users import EVENT_TYPES, event_decoder
 from worker.core import callbacks, intake
 from worker.schemas import ASYNCAPI_FILE, render
 
@@ -29,6 +30,7 @@ PAYLOAD_FILES = {
     "Command": "command.schema.json",
     "Result": "result.schema.json",
     "Callback": "callback.schema.json",
+    "UserEvent": "event.schema.json",
 }
 
 
@@ -98,7 +100,7 @@ def test_every_example_validates_against_its_schemas(doc: dict[str, Any]) -> Non
         jsonschema.Draft202012Validator(standalone).validate(example["payload"])
         _in_doc(doc, f"{at}/payload").validate(example["payload"])
         checked.add(name)
-    assert checked == {"command", "stop", "result", "callback"}
+    assert checked == {"command", "stop", "result", "callback", "event"}
 
 
 def test_both_schemas_refuse_what_the_worker_refuses(doc: dict[str, Any]) -> None:
@@ -126,10 +128,12 @@ def test_every_example_decodes_with_the_workers_decoders(doc: dict[str, Any]) ->
             intake.decode(body)
         elif component == "Result":
             assert msgspec.to_builtins(result_decoder.decode(body)) == example["payload"]
+        elif component == "UserEvent":
+            assert msgspec.to_builtins(event_decoder.decode(body)) == example["payload"]
         else:
             assert callbacks.decode(body).uid == example["payload"]["uid"]
         kinds.append(component)
-    assert sorted(set(kinds)) == ["Callback", "Command", "Result"]
+    assert sorted(set(kinds)) == ["Callback", "Command", "Result", "UserEvent"]
 
 
 def test_the_dead_letter_example_says_what_the_worker_says(doc: dict[str, Any]) -> None:
@@ -149,7 +153,10 @@ def test_components_are_the_generated_json_schemas(doc: dict[str, Any]) -> None:
             b"#/$defs/", b"#/components/schemas/"))
         for key, schema in moved.pop("$defs").items():
             assert components[key] == schema, key
-        if "discriminator" in moved:  # AsyncAPI names the tag property only.
+        if component == "UserEvent":  # event types are not component names: no discriminator
+            assert "discriminator" not in components[component]
+            assert components[component]["anyOf"] == moved["anyOf"]
+        elif "discriminator" in moved:  # AsyncAPI names the tag property only.
             assert components[component]["discriminator"] == moved["discriminator"][
                 "propertyName"]
             assert components[component]["anyOf"] == moved["anyOf"]
@@ -193,6 +200,16 @@ def test_result_routing_keys_cover_every_status_and_command(doc: dict[str, Any])
     assert results["address"] == "{status}.{command}"
     assert results["parameters"]["status"]["enum"] == list(get_args(Status))
     assert set(results["parameters"]["command"]["enum"]) == set(COMMAND_NAMES) | {"unknown"}
+
+
+def test_events_channel_names_every_event_type_and_an_example_of_each(
+        doc: dict[str, Any]) -> None:
+    """lovense.events' routing keys are the event types, and each type has an example."""
+    events = doc["channels"]["events"]
+    assert (events["address"], events["parameters"]["type"]["enum"]) == (
+        "{type}", list(EVENT_TYPES))
+    examples = doc["components"]["messages"]["event"]["examples"]
+    assert {e["payload"]["type"] for e in examples} == set(EVENT_TYPES)
 
 
 def test_operations_reference_messages_of_their_channel(doc: dict[str, Any]) -> None:

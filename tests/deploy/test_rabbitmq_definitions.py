@@ -102,7 +102,8 @@ def declared() -> _Recorder:
         # The registry log declares on the link's session: a connected one, made of recorders.
         link = Link("amqp://unused", settings.shards, Metrics())
         link._session = Session(_Connection(recorder), _Connection(recorder),  # type: ignore[arg-type]
-                                channel, _Exchange("results"), _Exchange("dead"))  # type: ignore[arg-type]
+                                channel, _Exchange("results"), _Exchange("dead"),  # type: ignore[arg-type]
+                                _Exchange("events"))  # type: ignore[arg-type]
         registry = RegistryLog(link, None, settings.lan_ttl_s,  # type: ignore[arg-type]
                                settings.snapshot_interval_s, Metrics(), dead_letter=_refuse)
         await registry.declare()

@@ -128,8 +128,9 @@ class NaiveBreakers:
             return True
         return False
 
-    def success(self, endpoint: str) -> None:
-        self.circuits.pop(endpoint, None)
+    def success(self, endpoint: str) -> bool:
+        gone = self.circuits.pop(endpoint, None)
+        return gone is not None and gone[1] is not None
 
     def failure(self, endpoint: str) -> bool:
         c = self.circuits.setdefault(endpoint, [0, None, False, 0.0, 0])

@@ -89,7 +89,7 @@ def make_settler(runtime: Runtime, crash: bool, results: FakeExchange | None = N
     results, dead = results or FakeExchange(), FakeExchange()
     # A connected link's session, made of fakes (the publisher encodes as the wire would).
     link._session = Session(FakeChannel(), FakeChannel(), FakeChannel(),  # type: ignore[arg-type]
-                            results, dead)  # type: ignore[arg-type]
+                            results, dead, FakeExchange())  # type: ignore[arg-type]
 
     async def crashing(delivery: Delivery) -> Handled:
         raise ValueError("injected crash")

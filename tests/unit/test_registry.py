@@ -36,7 +36,7 @@ def test_recorded_endpoint_reads_back_whole() -> None:
     assert (endpoint.ip, endpoint.port, endpoint.verified, endpoint.seen_s) == (
         "192.168.1.44", 34568, True, 1000.0)
     assert (endpoint.platform, endpoint.app_type, endpoint.version) == ("android", "remote", "101")
-    assert endpoint.toys == (("t1", "nora", "N", 1, ""),)
+    assert endpoint.toys == (("t1", "nora", "N", 1, "", -1),)
     assert endpoint.domain == "192-168-1-44.lovense.club"
 
 
@@ -62,7 +62,7 @@ def test_learned_functions_survive_a_later_callback() -> None:
     """fullFunctionNames from GetToys are kept when the app's next heartbeat arrives."""
     registry = Registry(ttl_s=60, clock=Clock())
     registry.record(callback(), ADDRESS, verified=True)
-    registry.learn_functions("u1", {"t1": ["Vibrate", "Rotate"]})
+    registry.learn_toys("u1", {"t1": ["Vibrate", "Rotate"]}, {})
     registry.record(callback(), ADDRESS, verified=True)
     endpoint = registry.get("u1")
     assert endpoint is not None and endpoint.toys[0][4] == "Vibrate,Rotate"

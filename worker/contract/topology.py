@@ -52,6 +52,14 @@ SNAPSHOT_CHUNKS_HEADER: Final = "x-lovense-chunks"
 SNAPSHOT_LOG_OFFSET_HEADER: Final = "x-lovense-log-offset"
 SNAPSHOT_AT_HEADER: Final = "x-lovense-snapshot-ms"
 
+#: User lifecycle events (topic), routing key = the event's type (``user.paired``, ...).
+EVENTS_EXCHANGE: Final = "lovense.events"
+#: On a callback-log entry: the uid whose toys a GetToys answer reported (battery, functions).
+TOYS_HEADER: Final = "x-lovense-toys"
+#: On a message sent straight to the ``lovense.callbacks`` queue: time to look for expired
+#: users. Whichever replica holds the queue's single active consumer gets it.
+SWEEP_HEADER: Final = "x-lovense-sweep"
+
 #: Integer milliseconds since the epoch when the producer published the command.
 PUBLISHED_MS_HEADER: Final = "x-lovense-published-ms"
 #: Why the worker gave up on a message, on every message in ``lovense.dead``.

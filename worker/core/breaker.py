@@ -76,10 +76,10 @@ class Breakers:
                 return True
         return False
 
-    def success(self, endpoint: str) -> None:
-        """Record a call that reached the app: the circuit closes."""
+    def success(self, endpoint: str) -> bool:
+        """Record a call that reached the app: the circuit closes; return whether it was open."""
         self._closed.pop(endpoint, None)
-        self._open.pop(endpoint, None)
+        return self._open.pop(endpoint, None) is not None
 
     def failure(self, endpoint: str) -> bool:
         """Record a call that never reached the app; return whether the circuit just opened."""

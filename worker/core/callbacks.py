@@ -35,6 +35,8 @@ class CallbackToy(Struct, frozen=True):
     name: Annotated[str, Meta(max_length=64)] = ""
     nickName: Annotated[str, Meta(max_length=64)] = ""
     status: int | Annotated[str, Meta(max_length=8)] = 1
+    #: Percent, when the app reports it (not in the docs' example; some app versions send it).
+    battery: int | Annotated[str, Meta(max_length=8)] | None = None
 
 
 class Callback(Struct, frozen=True):

@@ -6,13 +6,16 @@ app details as msgpack), because a platform has millions of users and a dict
 of objects costs several times as much. Entries not refreshed within
 ``LOVENSE_LAN_TTL_S`` are forgotten. Snapshots (:meth:`Registry.dump` /
 :meth:`Registry.load`) carry the same blobs in chunks.
+
+Batteries came later than the other toy fields: an entry written before them
+(a snapshot of an older worker) reads back with every battery unknown.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,8 +29,12 @@ _HEAD: Final = struct.Struct("!IHdB")
 _VERIFIED: Final = 1
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
-#: Toy: (id, name, nickName, status, functions); functions from GetToys, else "".
-ToyRecord = tuple[str, str, str, int, str]
+#: Toy: (id, name, nickName, status, functions, battery); functions from GetToys, else "";
+#: battery in percent as a callback or GetToys last reported it, else -1.
+ToyRecord = tuple[str, str, str, int, str, int]
+NO_BATTERY: Final = -1
+#: Where the last-seen time sits in an entry's head (see :func:`same_state`).
+_SEEN: Final = slice(6, 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,20 @@ def _status(value: int | str) -> int:
     return int(value) if value.isdigit() else 0
 
 
+def battery_level(value: object) -> int:
+    """Return a reported battery as a percent 0–100, or NO_BATTERY when it is not one."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+        return value
+    return NO_BATTERY
+
+
+def same_state(a: bytes, b: bytes) -> bool:
+    """Return whether two entries say the same apart from when they were seen."""
+    return a[:_SEEN.start] == b[:_SEEN.start] and a[_SEEN.stop:] == b[_SEEN.stop:]
+
+
 def _encode(ip: str, port: int, seen_s: float, verified: bool, meta: tuple[Any, ...]) -> bytes:
     head = _HEAD.pack(int(ipaddress.IPv4Address(ip)), port, seen_s,
                       _VERIFIED if verified else 0)
@@ -88,30 +109,40 @@ class Registry:
     def record(self, callback: Callback, address: LanAddress, verified: bool,
                seen_s: float | None = None) -> None:
         """Record (or refresh) a user's endpoint from an accepted callback."""
-        toys = tuple(
-            (t.id, t.name, t.nickName, _status(t.status), self._functions(callback.uid, t.id))
-            for t in callback.toys.values()
-        )
-        meta = (callback.platform, callback.appType, callback.version, toys)
+        known = self.get(callback.uid, fresh_only=False)
+        toys = []
+        for t in callback.toys.values():
+            old = known.toy(t.id) if known else None
+            battery = battery_level(t.battery) if t.battery is not None else NO_BATTERY
+            if battery == NO_BATTERY and old is not None:
+                battery = old[5]  # a callback without a battery keeps the last one reported
+            toys.append((t.id, t.name, t.nickName, _status(t.status), old[4] if old else "",
+                         battery))
+        meta = (callback.platform, callback.appType, callback.version, tuple(toys))
         seen = self._clock() if seen_s is None else seen_s
         self._entries[callback.uid] = _encode(address.ip, address.port, seen, verified, meta)
 
-    def _functions(self, uid: str, toy_id: str) -> str:
-        known = self.get(uid, fresh_only=False)
-        old = known.toy(toy_id) if known else None
-        return old[4] if old else ""
-
-    def learn_functions(self, uid: str, functions: dict[str, list[str]]) -> None:
-        """Remember what each toy can do, from a GetToys answer's fullFunctionNames."""
+    def learn_toys(self, uid: str, functions: Mapping[str, list[str]],
+                   batteries: Mapping[str, int]) -> None:
+        """Remember what a GetToys answer said of known toys: what each can do, its battery."""
         known = self.get(uid, fresh_only=False)
         if known is None:
             return
         toys = tuple(
-            (t[0], t[1], t[2], t[3], ",".join(functions[t[0]]) if t[0] in functions else t[4])
+            (t[0], t[1], t[2], t[3], ",".join(functions[t[0]]) if t[0] in functions else t[4],
+             batteries.get(t[0], t[5]))
             for t in known.toys
         )
         meta = (known.platform, known.app_type, known.version, toys)
         self._entries[uid] = _encode(known.ip, known.port, known.seen_s, known.verified, meta)
+
+    def raw(self, uid: str) -> bytes | None:
+        """Return a user's entry as stored (compare two with :func:`same_state`)."""
+        return self._entries.get(uid)
+
+    def fresh(self, blob: bytes) -> bool:
+        """Return whether an entry was seen within the TTL."""
+        return self._clock() - float(_HEAD.unpack_from(blob)[2]) <= self._ttl
 
     def forget(self, uid: str) -> bool:
         """Remove a user; return whether they were known."""
@@ -120,24 +151,31 @@ class Registry:
     def get(self, uid: str, *, fresh_only: bool = True) -> Endpoint | None:
         """Return a user's endpoint, or None when unknown (or stale, unless asked)."""
         blob = self._entries.get(uid)
-        if blob is None:
+        if blob is None or (fresh_only and not self.fresh(blob)):
             return None
+        return self.decode(uid, blob)
+
+    @staticmethod
+    def decode(uid: str, blob: bytes) -> Endpoint:
+        """Return the endpoint an entry (from :meth:`raw`) describes."""
         ip, port, seen, flags = _HEAD.unpack_from(blob)
-        if fresh_only and self._clock() - seen > self._ttl:
-            return None
         platform, app_type, version, toys = _unpack(blob[_HEAD.size:])
         return Endpoint(
             uid=uid, ip=str(ipaddress.IPv4Address(ip)), port=port, seen_s=seen,
             verified=bool(flags & _VERIFIED), platform=platform, app_type=app_type,
-            version=version, toys=tuple(tuple(t) for t in toys),
+            version=version, toys=tuple((*t, NO_BATTERY)[:6] for t in toys),
         )
 
-    def prune(self) -> int:
-        """Forget every entry not refreshed within the TTL; return how many went."""
-        horizon = self._clock() - self._ttl
-        stale = [uid for uid, blob in self._entries.items()
-                 if _HEAD.unpack_from(blob)[2] < horizon]
-        for uid in stale:
+    def stale(self, grace_s: float = 0.0) -> list[tuple[str, float]]:
+        """Return each user not refreshed within the TTL (plus a grace), and when last seen."""
+        horizon = self._clock() - self._ttl - grace_s
+        return [(uid, seen) for uid, blob in self._entries.items()
+                if (seen := _HEAD.unpack_from(blob)[2]) < horizon]
+
+    def prune(self, grace_s: float = 0.0) -> int:
+        """Forget every entry not refreshed within the TTL (plus a grace); return how many went."""
+        stale = self.stale(grace_s)
+        for uid, _ in stale:
             del self._entries[uid]
         return len(stale)
 

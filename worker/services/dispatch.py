@@ -11,20 +11,24 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 import msgspec
+import structlog
 
 from worker.config import Settings
 from worker.contract.errors import InvalidCommand, MaybeDelivered, NotDelivered, UpstreamError
 from worker.contract.messages import Command, GetQrCode, GetToys, LanTarget, Via
+from worker.contract.users import ReportedToy, ToysReport, UserReachable, UserUnreachable
 from worker.core import bodies, codes, rules
 from worker.core.breaker import Breakers
+from worker.core.events import rfc3339_s
 from worker.core.lan import LanAddress, open_door
 from worker.core.outcomes import Outcome, Plan, Route, choose_route
-from worker.core.registry import Registry
+from worker.core.registry import NO_BATTERY, Registry, battery_level
 from worker.core.replies import (
     MAX_REPLY_DEPTH,
     SERVER_COMMAND_PATH,
@@ -34,6 +38,12 @@ from worker.core.replies import (
 )
 from worker.core.toys import functions_of, unsupported
 from worker.metrics import Metrics
+from worker.services.events import Events
+
+log = structlog.get_logger("worker.services.dispatch")
+
+#: Writes what a GetToys answer said of a user's toys to the callback log (the registry log's).
+ReportToys = Callable[[str, ToysReport], Awaitable[None]]
 
 QR_LIFETIME: Final = timedelta(hours=4)
 #: A retry must be able to start this long before the command's deadline.
@@ -94,6 +104,8 @@ class Dispatcher:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         registry: Registry | None = None,
         breakers: Breakers | None = None,
+        events: Events | None = None,
+        report_toys: ReportToys | None = None,
     ) -> None:
         self._settings = settings
         self._upstream = upstream
@@ -101,6 +113,8 @@ class Dispatcher:
         self._now = now
         self.registry = registry
         self.breakers = breakers
+        self._events = events
+        self._report_toys = report_toys
 
     def endpoint_for(self, cmd: Command, uid: str) -> LanTarget | None:
         """Return the LAN app to call for this user: the command's own, else a fresh paired one."""
@@ -215,14 +229,16 @@ class Dispatcher:
         return outcome
 
     async def lan(self, cmd: Command, address: LanAddress, deadline_ms: float = 0.0,
-                  *, fallback_possible: bool = False) -> Outcome:
-        """Send a command to one user's Remote app, retrying within the deadline."""
+                  *, fallback_possible: bool = False, uid: str | None = None) -> Outcome:
+        """Send a command to one user's Remote app (``uid``'s, default the command's),
+        retrying within the deadline."""
+        user = uid if uid is not None else cmd.uid
         return await self._retrying(
-            "lan", lambda: self._lan_once(cmd, address), deadline_ms,
+            "lan", lambda: self._lan_once(cmd, address, user), deadline_ms,
             give_back_not_delivered=fallback_possible,
         )
 
-    async def _lan_once(self, cmd: Command, address: LanAddress) -> Outcome:
+    async def _lan_once(self, cmd: Command, address: LanAddress, uid: str | None) -> Outcome:
         body = bodies.lan_body(cmd, self._settings.max_time_sec)
         key = _endpoint_key(address)
         try:
@@ -231,31 +247,63 @@ class Dispatcher:
             never = isinstance(exc, NotDelivered)
             if never and self.breakers is not None and self.breakers.failure(key):
                 self._metrics.child(self._metrics.circuit_opened, "lan").inc()
+                self._circuit_changed(uid, opened=True)
             self._track_circuits()
             return Outcome(status="failed", via="lan", message=str(exc), attempts=1,
                            not_delivered=never, retryable=True)
         if self.breakers is not None:
-            self.breakers.success(key)
+            if self.breakers.success(key):
+                self._circuit_changed(uid, opened=False)
             self._track_circuits()
         outcome = self._from_reply(cmd, reply, "lan")
         if isinstance(cmd, GetToys) and outcome.status == "ok" and self.registry is not None:
-            self._learn_toys(cmd, outcome.data)
+            await self._learn_toys(cmd, outcome.data)
         return outcome
 
     def _track_circuits(self) -> None:
         if self.breakers is not None:
             self._metrics.child(self._metrics.circuits_open, "lan").set(self.breakers.open_count())
 
-    def _learn_toys(self, cmd: GetToys, data: Any) -> None:
+    def _circuit_changed(self, uid: str | None, *, opened: bool) -> None:
+        """Tell the platform that this replica's circuit for a user's app opened or closed."""
+        if self._events is None or uid is None:
+            return
+        at = rfc3339_s(self._now().timestamp())
+        ident, replica = uuid.uuid4().hex, self._settings.replica
+        self._events.emit([
+            UserUnreachable(id=ident, uid=uid, at=at, replica=replica,
+                            cooldownS=self._settings.breaker_cooldown_s) if opened
+            else UserReachable(id=ident, uid=uid, at=at, replica=replica)])
+
+    async def _learn_toys(self, cmd: GetToys, data: Any) -> None:
+        """Share what a GetToys answer said (functions, batteries) with every replica.
+
+        Through the callback log, so every registry learns it alike and the
+        validating replica reports battery crossings; without a log (tests), here.
+        """
         toys = data.get("toys") if isinstance(data, dict) else None
         if not isinstance(toys, dict) or cmd.uid is None or self.registry is None:
             return
-        functions = {
-            str(toy_id): [str(f) for f in toy.get("fullFunctionNames", [])]
-            for toy_id, toy in toys.items()
-            if isinstance(toy, dict) and isinstance(toy.get("fullFunctionNames"), list)
-        }
-        self.registry.learn_functions(cmd.uid, functions)
+        report = ToysReport(toys={
+            str(toy_id): ReportedToy(
+                battery=None if (level := battery_level(toy.get("battery"))) == NO_BATTERY
+                else level,
+                fullFunctionNames=[str(f)[:64] for f in toy["fullFunctionNames"][:64]]
+                if isinstance(toy.get("fullFunctionNames"), list) else None)
+            for toy_id, toy in list(toys.items())[:64]
+            if isinstance(toy, dict) and len(str(toy_id)) <= 64
+        })
+        if self._report_toys is not None:
+            try:
+                await self._report_toys(cmd.uid, report)
+                return
+            except Exception as exc:  # noqa: BLE001 - the answer stands; learn it here at least
+                log.warning("toys_report_failed", error=repr(exc))
+        self.registry.learn_toys(
+            cmd.uid,
+            {t: r.fullFunctionNames for t, r in report.toys.items()
+             if r.fullFunctionNames is not None},
+            {t: r.battery for t, r in report.toys.items() if r.battery is not None})
 
     async def server(self, cmd: Command, uids: list[str], deadline_ms: float = 0.0) -> Outcome:
         """Send a command for these users (at most LOVENSE_MAX_UIDS_PER_CALL) in one call,

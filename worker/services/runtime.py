@@ -28,7 +28,7 @@ import structlog
 
 from worker.config import Settings
 from worker.contract.errors import InvalidCommand
-from worker.contract.messages import Command, Forget, GetQrCode, LanTarget
+from worker.contract.messages import Command, Forget, GetQrCode, GetUser, LanTarget
 from worker.core import bodies, intake, rules
 from worker.core.batching import Batcher
 from worker.core.jobs import (
@@ -48,6 +48,7 @@ from worker.metrics import Metrics
 from worker.services.admission import Room
 from worker.services.dispatch import Dispatcher
 from worker.services.recent import Prior, Recent
+from worker.services.users import Users
 
 log = structlog.get_logger("worker.services.runtime")
 
@@ -119,8 +120,6 @@ def _clamped(stamp: float | None, now_ms: float) -> float:
 
 #: Appends a Stop that came in on lovense.commands to the Stop log (the publisher's).
 AnnounceStop = Callable[[Delivery], Coroutine[object, object, None]]
-#: Writes a tombstone for a uid to the callback log (the registry log's).
-AnnounceForget = Callable[[str], Coroutine[object, object, None]]
 
 
 class Runtime:
@@ -133,7 +132,7 @@ class Runtime:
         metrics: Metrics,
         *,
         announce_stop: AnnounceStop | None = None,
-        announce_forget: AnnounceForget | None = None,
+        users: Users | None = None,
         clock_ms: Callable[[], float] = epoch_ms,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -166,7 +165,7 @@ class Runtime:
         self._stop_runners = 0
         self._wide_room = Room(settings.wide_stop_users)
         self._announce_stop = announce_stop
-        self._announce_forget = announce_forget
+        self._users = users if users is not None else Users(settings, dispatcher, now=now)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,8 +226,8 @@ class Runtime:
             message_id=message.ident,
             uid=cmd.uid if cmd.uid is not None else f"{len(cmd.targets)} users",
         )
-        if isinstance(cmd, Forget):
-            return await self._forget(message)
+        if isinstance(cmd, Forget | GetUser):
+            return await self._about_user(message)
         del cmd, admitted  # from here on message.cmd, which a waiting wide Stop lightens
         self._messages.add(message)
         if not stop:
@@ -521,7 +520,7 @@ class Runtime:
         assert plan.address is not None
         outcome = await self._dispatcher.lan(
             message.cmd, plan.address, job.deadline_ms,
-            fallback_possible=self._may_fall_back(message, job),
+            fallback_possible=self._may_fall_back(message, job), uid=job.uid,
         )
         message.calls += outcome.attempts
         if outcome.not_delivered and self._may_fall_back(message, job):
@@ -632,16 +631,14 @@ class Runtime:
         dead = outcome.message if outcome.status == "invalid" else None
         message.future.set_result(Handled(result, dead_letter=dead))
 
-    async def _forget(self, message: _Message) -> Handled:
+    async def _about_user(self, message: _Message) -> Handled:
+        """Answer a worker command (Forget, GetUser): no scheduling, no call to Lovense."""
         uid = message.cmd.targets[0]
-        known = False
-        if self._dispatcher.registry is not None:
-            known = self._dispatcher.registry.forget(uid)
-        if self._announce_forget is not None:
-            await self._announce_forget(uid)
-        words = ("forgotten on every replica; a tombstone keeps replays and snapshots from "
-                 "bringing it back") if known else "not known here; a tombstone was written anyway"
-        message.ends.append(ShareEnd(uid, Outcome(status="ok", message=words)))
+        if isinstance(message.cmd, Forget):
+            outcome = await self._users.forget(uid)
+        else:
+            outcome = self._users.describe(uid)
+        message.ends.append(ShareEnd(uid, outcome))
         self._complete(message)
         return message.future.result()
 

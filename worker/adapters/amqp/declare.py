@@ -20,10 +20,11 @@ class Exchanges:
 
     results: AbstractExchange
     dead: AbstractExchange
+    events: AbstractExchange
 
 
 async def declare(channel: AbstractChannel, shards: int) -> Exchanges:
-    """Declare the command shards, results, dead letters and the Stop lane and log."""
+    """Declare the command shards, results, dead letters, events and the Stop lane and log."""
     commands = await channel.declare_exchange(
         topology.COMMANDS_EXCHANGE, ExchangeType.X_CONSISTENT_HASH, durable=True
     )
@@ -32,6 +33,9 @@ async def declare(channel: AbstractChannel, shards: int) -> Exchanges:
         topology.RESULTS_EXCHANGE, ExchangeType.TOPIC, durable=True
     )
     await channel.declare_exchange(topology.CALLBACKS_EXCHANGE, ExchangeType.FANOUT, durable=True)
+    events = await channel.declare_exchange(
+        topology.EVENTS_EXCHANGE, ExchangeType.TOPIC, durable=True
+    )
     stop = await channel.declare_exchange(topology.STOP_EXCHANGE, ExchangeType.FANOUT,
                                           durable=True)
     dead_queue = await channel.declare_queue(
@@ -52,4 +56,4 @@ async def declare(channel: AbstractChannel, shards: int) -> Exchanges:
         )
         # A consistent-hash binding key is the shard's weight.
         await queue.bind(commands, routing_key="1")
-    return Exchanges(results=results, dead=dead)
+    return Exchanges(results=results, dead=dead, events=events)

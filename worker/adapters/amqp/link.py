@@ -42,6 +42,8 @@ class Session:
     publisher: AbstractChannel
     results: AbstractExchange
     dead: AbstractExchange
+    #: Where user lifecycle events go (lovense.events).
+    events: AbstractExchange
 
 
 class Link:
@@ -79,7 +81,8 @@ class Link:
         publisher = await connection.channel(publisher_confirms=True)
         exchanges = await declare(publisher, self._shards)
         self._session = Session(connection, stop_connection, publisher,
-                                results=exchanges.results, dead=exchanges.dead)
+                                results=exchanges.results, dead=exchanges.dead,
+                                events=exchanges.events)
         self._metrics.connected.set(1)
         return self._session
 

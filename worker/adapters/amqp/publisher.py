@@ -1,5 +1,5 @@
 """Publishing: results (with confirms, to ``lovense.results`` and ``reply_to``), dead letters,
-and Stops appended to the Stop log for every replica.
+Stops appended to the Stop log for every replica, and user lifecycle events.
 
 Headers pamqp decodes but cannot encode back are made publishable first
 (:func:`wire_headers`), so a copy of any delivery can always travel again.
@@ -83,6 +83,13 @@ class Publisher:
             return
         await asyncio.gather(published, session.publisher.default_exchange.publish(
             outgoing, routing_key=reply_to, mandatory=False))
+
+    async def publish_event(self, body: bytes, routing_key: str, message_id: str) -> None:
+        """Publish one user lifecycle event to lovense.events, awaiting the broker's confirm."""
+        await self._link.session.events.publish(
+            aio_pika.Message(body, content_type="application/json", message_id=message_id,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=routing_key, mandatory=False)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, kind: str) -> None:
         """Republish a message to lovense.dead with why, in ``x-lovense-error``."""

@@ -16,11 +16,17 @@ three streams' worth of lifecycle:
 
 A replay is waited for as long as it makes progress (:mod:`worker.services.catchup`):
 a million callbacks without a snapshot take minutes, and that is no reason to die.
+
+User lifecycle events: the validator publishes the events its own follower derived
+from the very entry it validated (:class:`~worker.services.events.Claims`), before it
+acks; every replica sends a sweep tick to the queue now and then, and the one that
+receives it (the active consumer) publishes ``user.expired`` for users past the TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -40,8 +46,11 @@ from aio_pika.abc import (
 
 from worker.adapters.amqp.link import CONNECTION_ERRORS, Link
 from worker.contract import topology
+from worker.contract.messages import encoder
+from worker.contract.users import ToysReport
 from worker.metrics import Metrics
 from worker.services.catchup import Replay
+from worker.services.events import Events, claim_key
 from worker.services.pairing import Pairing
 
 #: Republishes a refused callback to lovense.dead (the publisher's ``dead_letter``).
@@ -71,8 +80,12 @@ class RegistryLog:
     """Keep a registry from the callback log and snapshots; validate; write snapshots."""
 
     def __init__(self, link: Link, pairing: Pairing, ttl_s: int, snapshot_interval_s: int,
-                 metrics: Metrics, dead_letter: DeadLetterFn) -> None:
+                 metrics: Metrics, dead_letter: DeadLetterFn,
+                 events: Events | None = None) -> None:
         self._link = link
+        self._events = events
+        self._swept_at = -math.inf
+        self._sweeping = False
         self._dead_letter = dead_letter
         self._metrics = metrics
         self._pairing = pairing
@@ -121,7 +134,10 @@ class RegistryLog:
                  seconds=round(time.perf_counter() - started, 2),
                  from_snapshot=snapshot is not None)
         await self._serve()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._snapshot_loop()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._snapshot_loop()))
+        if self._events is not None:
+            self._tasks.append(loop.create_task(self._tick_loop()))
 
     async def resume(self) -> None:
         """After a reconnect: follow the log from where it was left, validate again."""
@@ -135,15 +151,22 @@ class RegistryLog:
 
         async def validate(message: AbstractIncomingMessage) -> None:
             try:
-                if topology.FORGET_HEADER not in (message.headers or {}):
-                    try:
-                        reason = self._pairing.check(message.body)
-                    except Exception as exc:  # noqa: BLE001 - refuse, never stall the queue
-                        log.exception("callback_check_failed")
-                        reason = f"internal error: {type(exc).__name__}"
+                headers = message.headers or {}
+                if topology.SWEEP_HEADER in headers:
+                    await self._sweep()
+                elif topology.FORGET_HEADER not in headers:
+                    reason = None
+                    if topology.TOYS_HEADER not in headers:  # a report of ours: no check
+                        try:
+                            reason = self._pairing.check(message.body)
+                        except Exception as exc:  # noqa: BLE001 - refuse, never stall the queue
+                            log.exception("callback_check_failed")
+                            reason = f"internal error: {type(exc).__name__}"
                     if reason is not None:
                         await self._dead_letter(message, f"callback refused: {reason}",
                                                 "callback")
+                    else:
+                        await self._announce(message)
                 await message.ack()
             except Exception as exc:  # noqa: BLE001 - settle it somehow, or leave it to a redelivery
                 if message.channel.is_closed or isinstance(exc, CONNECTION_ERRORS):
@@ -169,8 +192,54 @@ class RegistryLog:
 
         await queue.consume(note, arguments={"x-stream-offset": "next"})
 
+    async def _announce(self, message: AbstractIncomingMessage) -> None:
+        """Publish the events of the entry just validated, once this replica's log has them."""
+        claims = self._pairing.claims
+        if self._events is None or claims is None:
+            return
+        key = claim_key(message.body, message.message_id)
+        found = await claims.claim(key)
+        if found is None:
+            log.warning("callback_events_unmatched", hold_s=claims.hold_s)
+            return
+        try:
+            await self._events.publish(found)
+        except BaseException:
+            claims.restore(key, found)  # the redelivered callback claims them again
+            raise
+
+    async def _sweep(self) -> None:
+        """Publish ``user.expired`` for every user past the TTL, then forget them (sweep tick)."""
+        # Every replica ticks: one sweep at a time, one per half interval, is enough.
+        if (self._events is None or self._sweeping
+                or time.monotonic() - self._swept_at < self._pairing.sweep_interval_s / 2):
+            return
+        self._sweeping = True
+        try:
+            gone = self._pairing.expired()
+            if gone and await self._events.send(gone, independent=True):
+                self._pairing.drop(gone)
+        finally:
+            self._sweeping, self._swept_at = False, time.monotonic()
+
+    async def _tick_loop(self) -> None:
+        """Send a sweep tick to the callbacks queue now and then, for its active consumer."""
+        interval = self._pairing.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval * (0.75 + random.random() / 2))
+            try:
+                await self.tick()
+            except Exception as exc:  # noqa: BLE001 - disconnected: the supervisor reconnects
+                log.debug("sweep_tick_failed", error=repr(exc))
+
+    async def tick(self) -> None:
+        """Send one sweep tick (straight to the queue: the log never sees it)."""
+        await self._link.session.publisher.default_exchange.publish(
+            aio_pika.Message(b"", headers={topology.SWEEP_HEADER: 1}),
+            routing_key=topology.CALLBACKS_QUEUE)
+
     async def close(self) -> None:
-        """Stop writing snapshots."""
+        """Stop writing snapshots and sending sweep ticks."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -181,6 +250,16 @@ class RegistryLog:
             topology.CALLBACKS_EXCHANGE, ensure=False)
         await exchange.publish(
             aio_pika.Message(b"", headers={topology.FORGET_HEADER: uid},
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key="")
+
+    async def announce_toys(self, uid: str, report: ToysReport) -> None:
+        """Write what a GetToys answer said to the callback log, for every replica to learn."""
+        exchange = await self._link.session.publisher.get_exchange(
+            topology.CALLBACKS_EXCHANGE, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(encoder.encode(report), headers={topology.TOYS_HEADER: uid},
+                             content_type="application/json",
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key="")
 
@@ -285,7 +364,8 @@ class RegistryLog:
         def apply(message: AbstractIncomingMessage) -> None:
             headers: dict[str, Any] = dict(message.headers or {})
             offset = headers.get("x-stream-offset")
-            pairing.apply(message.body, headers, int(offset) if offset is not None else None)
+            pairing.apply(message.body, headers, int(offset) if offset is not None else None,
+                          message.message_id)
 
         start: Any = "first" if after is None or after < 0 else after + 1
         await self._read_until_marker(topology.CALLBACKS_LOG, start, apply, 2000)
