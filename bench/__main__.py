@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import aio_pika
 
-from bench import broadcast, flood, registry, stops, throughput
+from bench import broadcast, callbacks, flood, registry, stops, throughput
 from bench.harness import Harness, Options, Scenario
 from bench.procs import ROOT, BenchError
 
@@ -36,6 +36,8 @@ SCENARIOS: Final[dict[str, tuple[Scenario, str]]] = {
     "stop_poison": (stops.run_poison, "stop_load with 1,000 poison messages; then wide Stops"),
     "registry": (registry.run, "1,000,000 paired users: follow, snapshot, RSS, B's start-up"),
     "registry_after": (registry.run_after, "the same, A started after the log is written"),
+    "callbacks": (callbacks.run, "callback POSTs/s with confirms: endpoint vs bare aiohttp"),
+    "heartbeats": (callbacks.run_heartbeats, "100,000 users' callbacks a minute: workers' CPU"),
 }
 #: One key per scenario, merged so other scenarios' figures stay.
 DEFAULT_PATH: Final = ROOT / "bench" / "results.json"

@@ -161,9 +161,11 @@ class Harness:
             **(extra or {}), **dict(self.opts.worker_env)}
 
     async def worker(self, name: str, env: dict[str, str], *, wait: bool = True,
-                     ready_timeout: float = READY_TIMEOUT_S, poll_s: float = 0.1) -> Proc:
-        """Start ``lovense-worker run``; return once /readyz answers 200 (or at once)."""
-        child = await self.start(name, [*_CLI, "run"], env)
+                     ready_timeout: float = READY_TIMEOUT_S, poll_s: float = 0.1,
+                     command: str = "run") -> Proc:
+        """Start ``lovense-worker run`` (or ``command``: ``callbacks``); return once /readyz
+        answers 200 (or at once)."""
+        child = await self.start(name, [*_CLI, command], env)
         child.metrics_port = int(env["LOVENSE_METRICS_PORT"])
         if wait:
             try:

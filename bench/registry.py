@@ -42,7 +42,7 @@ def callback_body(i: int, key: bytes) -> bytes:
         "httpsPort": str(30_000 + i % 30_000), "version": "", "platform": "android"})
 
 
-async def _streams(url: str, *, redeclare: int | None) -> dict[str, int | None]:
+async def reset_streams(url: str, *, redeclare: int | None) -> dict[str, int | None]:
     """Delete the callback log and the snapshot stream (refusing if consumed), then redeclare
     the log for a worker whose LOVENSE_LAN_TTL_S is ``redeclare`` (if given); return counts."""
     counts: dict[str, int | None] = {}
@@ -140,7 +140,7 @@ async def run_mode(a_start: str, h: Harness) -> Outcome:
     env = h.worker_env(None, log_level="info", extra={
         "LOVENSE_LAN_ALLOW": LAN_ALLOW, "LOVENSE_UTOKEN_SECRET": secret,
         "LOVENSE_SNAPSHOT_INTERVAL_S": str(SNAPSHOT_INTERVAL_S)})
-    before = await _streams(h.opts.amqp_url, redeclare=Settings.from_env(env).lan_ttl_s)
+    before = await reset_streams(h.opts.amqp_url, redeclare=Settings.from_env(env).lan_ttl_s)
     published: dict[str, float] = {}
 
     async def publish() -> None:
@@ -184,7 +184,7 @@ async def run_mode(a_start: str, h: Harness) -> Outcome:
     if reason is None:
         b_figures = await _worker_b(h, env, users, last_offset, a_snapshots)
         reason = b_figures.pop("failure")
-    after = await _streams(h.opts.amqp_url, redeclare=None)
+    after = await reset_streams(h.opts.amqp_url, redeclare=None)
     rss, hwm = mb(a_memory).get("VmRSS"), mb(a_memory).get("VmHWM")
     rss_met = None if rss is None or snap["snapshot_event"] is None else (
         rss <= RSS_TARGET_MB and (hwm or 0) <= RSS_TARGET_MB)

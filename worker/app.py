@@ -11,6 +11,7 @@ import asyncio
 import gc
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final
 
@@ -29,8 +30,10 @@ from worker.core.breaker import Breakers
 from worker.core.registry import Registry
 from worker.metrics import Metrics
 from worker.services.dispatch import Dispatcher
+from worker.services.events import Claims, Events
 from worker.services.pairing import Pairing
 from worker.services.runtime import Runtime
+from worker.services.users import Users
 
 log = structlog.get_logger("worker.app")
 
@@ -49,23 +52,29 @@ class Worker:
         *,
         client: LovenseClient | None = None,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._client = client or LovenseClient(settings)
-        self.registry = Registry(settings.lan_ttl_s, time.time)
-        self.pairing = Pairing(settings, self.registry, self.metrics)
-        breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s, time.monotonic)
-        dispatcher = Dispatcher(settings, self._client, self.metrics, registry=self.registry,
-                                breakers=breakers)
+        # The registry's clock (epoch seconds) decides freshness and expiry.
+        self.registry = Registry(settings.lan_ttl_s, clock)
+        self.pairing = Pairing(settings, self.registry, self.metrics, clock=clock,
+                               claims=Claims())
         link = Link(settings.amqp_url, settings.shards, self.metrics)
         publisher = Publisher(link, self.metrics)
+        self.events = Events(publisher.publish_event, self.metrics)
         self.registry_log = RegistryLog(link, self.pairing, settings.lan_ttl_s,
                                         settings.snapshot_interval_s, self.metrics,
-                                        dead_letter=publisher.dead_letter)
+                                        dead_letter=publisher.dead_letter, events=self.events)
+        breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s, time.monotonic)
+        dispatcher = Dispatcher(settings, self._client, self.metrics, registry=self.registry,
+                                breakers=breakers, events=self.events,
+                                report_toys=self.registry_log.announce_toys)
+        users = Users(settings, dispatcher, events=self.events,
+                      announce_forget=self.registry_log.announce_forget)
         self.runtime = Runtime(settings, dispatcher, self.metrics,
-                               announce_stop=publisher.announce_stop,
-                               announce_forget=self.registry_log.announce_forget)
+                               announce_stop=publisher.announce_stop, users=users)
         assignment = Assignment(settings.replica, settings.replicas, settings.shards,
                                 presence_ttl_s=topology.PRESENCE_TTL_S, clock=time.monotonic)
         self.broker = Broker(link, publisher, prefetch=settings.prefetch, assignment=assignment,
@@ -74,8 +83,8 @@ class Worker:
                              resume=self.registry_log.resume)
         self.health: HealthServer | None = None
         if settings.metrics_port:
-            self.health = HealthServer(self.metrics, self.broker.ready, settings.metrics_host,
-                                       settings.metrics_port)
+            self.health = HealthServer(self.metrics.registry, self.broker.ready,
+                                       settings.metrics_host, settings.metrics_port)
 
     async def start(self) -> None:
         """Connect, declare, serve health, and start consuming."""
@@ -110,6 +119,7 @@ class Worker:
             log.warning("shutdown_grace_exceeded", unfinished=left)
         await self.runtime.close()
         await self.registry_log.close()
+        await self.events.close()
         await self.broker.close()
         await self._client.aclose()
         if self.health is not None:
@@ -127,14 +137,26 @@ class Worker:
         await self.stop()
 
 
-async def serve(settings: Settings) -> int:
-    """Run a worker until SIGTERM or SIGINT, then shut down gracefully; return the exit code."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    worker = Worker(settings)
+async def serve(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    started: Callable[[Worker], Awaitable[None]] | None = None,
+) -> int:
+    """Run a worker until SIGTERM or SIGINT, then shut down gracefully; return the exit code.
+
+    ``started`` runs once the worker consumes (``run --simulator`` pairs its first
+    user there); the worker is stopped gracefully if it raises.
+    """
+    stopping = stop_requested()
+    worker = Worker(settings, metrics=metrics)
     await worker.start()
+    if started is not None:
+        try:
+            await started(worker)
+        except BaseException:
+            await worker.stop()
+            raise
     # What start-up built (modules, the registry from its snapshot) lives as long as the
     # process: out of the collector's sight, full collections walk only per-command work.
     gc.collect()
@@ -146,3 +168,16 @@ async def serve(settings: Settings) -> int:
     finally:
         await worker.stop()
     return 0
+
+
+def stop_requested() -> asyncio.Event:
+    """Return an event that the first SIGTERM or SIGINT sets.
+
+    Installed before start-up, so a signal during it is not lost: the process
+    stops gracefully as soon as it has started.
+    """
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping

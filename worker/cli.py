@@ -1,4 +1,5 @@
-"""The ``lovense-worker`` command: ``run``, ``simulate`` and ``publish``."""
+"""The ``lovense-worker`` command: ``run``, ``callbacks``, ``simulate``, ``scan``, ``publish``
+and ``requeue-dead``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from worker.contract.errors import ConfigError
 _RUN_FLAGS: tuple[str, ...] = (
     "amqp_url", "api_base", "platform", "lan_allow", "lan_ca_file", "shards", "prefetch",
     "metrics_port", "log_format", "log_level",
+)
+#: The settings ``callbacks`` takes as flags.
+_CALLBACK_FLAGS: tuple[str, ...] = (
+    "amqp_url", "callback_host", "callback_port", "callback_path", "metrics_port",
+    "log_format", "log_level",
 )
 
 
@@ -48,11 +54,32 @@ def _parser() -> argparse.ArgumentParser:
         "(what `make run` does without a developer token)",
     )
 
+    callbacks = sub.add_parser(
+        "callbacks", help="serve the callback URL the Lovense Remote app posts to",
+        description="Serve the callback URL entered in the Lovense developer dashboard: "
+        "gate each POST (rate limits, size, shape, utoken) and publish what passes to "
+        "lovense.callbacks with a confirm. Settings come from LOVENSE_* variables; these "
+        "flags override them.",
+    )
+    for attr in _CALLBACK_FLAGS:
+        env = VARIABLES[attr]
+        callbacks.add_argument("--" + attr.replace("_", "-"), default=None, metavar=env,
+                               help=f"overrides {env}")
+
     simulate = sub.add_parser(
         "simulate", help="run the Lovense simulator (server API and Remote apps)",
         description="Run fakes of the Lovense server API and of Lovense Remote apps on loopback.",
     )
     simulator_main.add_arguments(simulate)
+
+    scan = sub.add_parser(
+        "scan", help="scan a QR code in a running simulator, as Lovense Remote would",
+        description="Ask a running simulator to scan CODE (from a GetQrCode result): the app of "
+        "its uid posts its callback to the simulator's --callback-url. Exits 0 when it did, 1 "
+        "when the code is unknown or older than 4 hours, 3 when the callback URL did not take "
+        "the callback, 4 when no simulator answers.",
+    )
+    simulator_main.add_scan_arguments(scan)
 
     publish = sub.add_parser(
         "publish", help="publish one command from a shell",
@@ -102,6 +129,15 @@ def _settings(args: argparse.Namespace, extra: dict[str, str] | None = None,
     return Settings.from_env(overrides=overrides, defaults=defaults)
 
 
+async def _callbacks(args: argparse.Namespace) -> int:
+    from worker.endpoint import serve_callbacks, settings_from_env
+
+    settings = settings_from_env(
+        overrides={VARIABLES[attr]: getattr(args, attr) for attr in _CALLBACK_FLAGS})
+    _configure_logs(settings)
+    return await serve_callbacks(settings)
+
+
 async def _run(args: argparse.Namespace) -> int:
     from worker.app import serve
 
@@ -109,37 +145,10 @@ async def _run(args: argparse.Namespace) -> int:
         settings = _settings(args)
         _configure_logs(settings)
         return await serve(settings)
-    from worker.simulator import SIMULATOR_TOKEN, Simulator
+    from worker import simulated
 
-    async with Simulator(token=SIMULATOR_TOKEN, verbose=True) as sim:
-        extra = {
-            "LOVENSE_API_BASE": sim.server_url,
-            "LOVENSE_DEVELOPER_TOKEN": SIMULATOR_TOKEN,
-            "LOVENSE_DEVELOPER_TOKEN_FILE": "",
-            "LOVENSE_LAN_CA_FILE": sim.ca_file,
-        }
-        # The simulated apps listen on loopback: let the LAN route reach them unless told not to.
-        settings = _settings(args, extra, defaults={"LOVENSE_LAN_ALLOW": "127.0.0.1/32"})
-        _configure_logs(settings)
-        app = sim.apps[0]
-        print(_banner(sim.server_url, app.uid, app.domain, app.https_port), file=sys.stderr)
-        return await serve(settings)
-
-
-def _banner(server_url: str, uid: str, domain: str, port: int) -> str:
-    lan = msgspec.json.encode({"domain": domain, "httpsPort": port}).decode()
-    return (
-        "\n  ============================================================\n"
-        "  SIMULATOR MODE: no LOVENSE_DEVELOPER_TOKEN is set, so nothing\n"
-        "  reaches Lovense. Commands go to the built-in simulator:\n"
-        f"    server API   {server_url}\n"
-        f"    Remote app   uid {uid}, lan {lan}\n"
-        "  Try, in another shell:\n"
-        "    .venv/bin/lovense-worker publish --wait \\\n"
-        f"      '{{\"command\": \"Function\", \"uid\": \"{uid}\", \"action\": \"Vibrate:5\", "
-        "\"timeSec\": 3}'\n"
-        "  ============================================================\n"
-    )
+    return await simulated.run(
+        lambda extra, defaults: _settings(args, dict(extra), dict(defaults)), _configure_logs)
 
 
 def _configure_logs(settings: Settings) -> None:
@@ -166,6 +175,12 @@ async def _simulate(args: argparse.Namespace) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await simulator_main.run(args)
     return 0
+
+
+async def _scan(args: argparse.Namespace) -> int:
+    from worker.simulator import main as simulator_main
+
+    return await simulator_main.scan(args)
 
 
 async def _publish(args: argparse.Namespace) -> int:
@@ -195,8 +210,8 @@ async def _publish(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "simulate": _simulate, "publish": _publish,
-                "requeue-dead": _requeue_dead}
+    handlers = {"run": _run, "callbacks": _callbacks, "simulate": _simulate, "scan": _scan,
+                "publish": _publish, "requeue-dead": _requeue_dead}
     try:
         return asyncio.run(handlers[args.subcommand](args))
     except ConfigError as exc:

@@ -193,6 +193,12 @@ def _file_text(raw: str) -> str | None:
     return text
 
 
+def _path(raw: str) -> str:
+    if not raw.startswith("/") or any(c in raw for c in "?# ") or any(ord(c) < 32 for c in raw):
+        raise ValueError(f"must be a URL path starting with /, got {raw!r}")
+    return raw
+
+
 def _platform(raw: str) -> str:
     if not raw or any(ord(c) < 32 for c in raw):
         raise ValueError("must be a non-empty header value")
@@ -327,6 +333,29 @@ class Settings:
         "LOVENSE_ALLOW_UNVERIFIED_CALLBACKS", False, "0", _flag, "0/1",
         "accept callbacks without a verifiable utoken when `LOVENSE_UTOKEN_SECRET` is unset "
         "(unsafe; the worker warns at start-up)")
+    callback_host: str = _str(
+        "LOVENSE_CALLBACK_HOST", "0.0.0.0", str, "address",
+        "address `lovense-worker callbacks` listens on for the Lovense Remote app's POSTs")
+    callback_port: int = _int(
+        "LOVENSE_CALLBACK_PORT", 8080, 0, 65535, "port",
+        "port of the callback endpoint (`callbacks`, and `run --simulator`; 0: any free port)")
+    callback_path: str = _str(
+        "LOVENSE_CALLBACK_PATH", "/lovense/callback", _path, "path",
+        "path of the callback URL entered in the Lovense developer dashboard")
+    callback_source_rate: float = _float(
+        "LOVENSE_CALLBACK_SOURCE_RATE", 5.0, 0.1, 10_000, "per s",
+        "callbacks one source address may post per second (burst "
+        "`LOVENSE_CALLBACK_SOURCE_BURST`); over it: 429")
+    callback_source_burst: int = _int(
+        "LOVENSE_CALLBACK_SOURCE_BURST", 20, 1, 100_000, "callbacks",
+        "callbacks one source address may post at once before its rate applies")
+    callback_rate: float = _float(
+        "LOVENSE_CALLBACK_RATE", 3000.0, 1.0, 1_000_000.0, "per s",
+        "callbacks the whole endpoint process takes per second; over it: 429")
+    callback_trusted_proxies: Networks = _declare(
+        "LOVENSE_CALLBACK_TRUSTED_PROXIES", (), "", _networks, "CIDR list",
+        "peers whose `X-Forwarded-For` names the source address (your ingress); from any "
+        "other peer the TCP address is the source", note="none")
     lan_ttl_s: int = _int(
         "LOVENSE_LAN_TTL_S", 86400, 60, 30 * 86400, "s",
         "a LAN endpoint not refreshed by a callback within this is forgotten; also the "

@@ -124,3 +124,42 @@ class Metrics:
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )
+        self.events = Counter(
+            "lovense_worker_events", "User lifecycle events published to lovense.events, by type.",
+            ["type"], registry=r,
+        )
+
+
+class CallbackMetrics:
+    """What the callback endpoint (``lovense-worker callbacks``) exports.
+
+    Names are ``lovense_callback_*``; ``status`` is the HTTP status answered.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "lovense_callback_requests", "Callback POSTs answered, by HTTP status.",
+            ["status"], registry=r,
+        )
+        self.seconds = Histogram(
+            "lovense_callback_request_seconds",
+            "Time to answer a callback POST, the publisher confirm included.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.sources = Gauge(
+            "lovense_callback_sources", "Source addresses the per-source rate limit tracks.",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "lovense_callback_broker_connected", "1 while connected to RabbitMQ.", registry=r,
+        )
+        self._statuses: dict[int, Any] = {}
+
+    def answered(self, status: int) -> None:
+        """Count one answer with ``status``."""
+        child = self._statuses.get(status)
+        if child is None:
+            child = self._statuses[status] = self.requests.labels(str(status))
+        child.inc()

@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from worker.metrics import Metrics
+from worker.metrics import CallbackMetrics, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -64,6 +65,13 @@ def run(args: list[str | Path], cwd: Path = ROOT, stdin: str | None = None) -> s
         pytest.fail(f"{' '.join(map(str, args))} exited {done.returncode}:\n"
                     f"{done.stdout}\n{done.stderr}")
     return done.stdout
+
+
+def cli_accepts(args: list[str]) -> bool:
+    """Return whether ``lovense-worker`` takes these arguments (asked with ``--help``)."""
+    done = subprocess.run([sys.executable, "-m", "worker", *args, "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    return done.returncode == 0
 
 
 def load_json(path: Path) -> Any:
@@ -135,11 +143,12 @@ _SUFFIXES = {
 
 
 def exported_metric_names() -> set[str]:
-    """Return every sample name the worker's Metrics registry can expose."""
-    return {family.name + suffix for family in Metrics().registry.collect()
-            for suffix in _SUFFIXES[family.type]}
+    """Return every sample name the worker's and the callback endpoint's registries expose."""
+    return {family.name + suffix
+            for registry in (Metrics().registry, CallbackMetrics().registry)
+            for family in registry.collect() for suffix in _SUFFIXES[family.type]}
 
 
 def known_metric_names() -> set[str]:
-    """Return the worker's sample names and the RabbitMQ metrics Prometheus scrapes."""
+    """Return the processes' sample names and the RabbitMQ metrics Prometheus scrapes."""
     return exported_metric_names() | set().union(*RABBITMQ_FAMILIES.values())

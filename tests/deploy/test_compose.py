@@ -14,7 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from tests.deploy.support import DEPLOY, ROOT, load_json, load_yaml, npm_file
+from tests.deploy.support import DEPLOY, ROOT, cli_accepts, load_json, load_yaml, npm_file
+from worker.config import Settings
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -41,10 +42,16 @@ def test_compose_file_passes_the_compose_specification_schema() -> None:
     assert errors == []
 
 
-def test_compose_runs_rabbitmq_worker_prometheus_and_grafana() -> None:
-    """The stack has its four services; rabbitmq keeps the name and ports `make run` uses."""
+def published(service: dict[str, Any]) -> dict[int, int]:
+    """Return a service's published ports, container port → host port."""
+    pairs = [p.rsplit(":", 2)[-2:] for p in service.get("ports", [])]
+    return {int(inside): int(outside) for outside, inside in pairs}
+
+
+def test_compose_runs_rabbitmq_worker_callbacks_prometheus_and_grafana() -> None:
+    """The stack has its five services; rabbitmq keeps the name and ports `make run` uses."""
     stack = services()
-    assert set(stack) == {"rabbitmq", "worker", "prometheus", "grafana"}
+    assert set(stack) == {"rabbitmq", "worker", "callbacks", "prometheus", "grafana"}
     assert {"5672:5672", "15672:15672"} <= set(stack["rabbitmq"]["ports"])
     started = re.findall(r"docker-compose\.yml\" up -d (\S+)",
                          (ROOT / "scripts" / "ensure-rabbitmq.sh").read_text())
@@ -76,6 +83,42 @@ def test_worker_service_runs_with_the_simulator_read_only() -> None:
     assert worker["environment"]["LOVENSE_AMQP_URL"] == "amqp://guest:guest@rabbitmq:5672/"
     assert worker["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert int(worker["stop_grace_period"].removesuffix("s")) > 20
+
+
+def test_callbacks_service_runs_the_endpoint_from_the_worker_image() -> None:
+    """`callbacks` (a real subcommand) from the same build and image as the worker, hardened
+    the same way, after RabbitMQ is healthy, checking utokens with the worker's key."""
+    stack = services()
+    worker, endpoint = stack["worker"], stack["callbacks"]
+    assert endpoint["command"] == ["callbacks"] and cli_accepts(endpoint["command"])
+    assert (endpoint["build"], endpoint["image"]) == (worker["build"], worker["image"])
+    for key in ("read_only", "tmpfs", "cap_drop", "security_opt", "stop_grace_period"):
+        assert endpoint[key] == worker[key], key
+    assert endpoint["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    env, worker_env = endpoint["environment"], worker["environment"]
+    assert env["LOVENSE_AMQP_URL"] == worker_env["LOVENSE_AMQP_URL"]
+    assert env["LOVENSE_UTOKEN_SECRET"] and env["LOVENSE_UTOKEN_SECRET"] == worker_env[
+        "LOVENSE_UTOKEN_SECRET"]
+    assert "LOVENSE_DEVELOPER_TOKEN" not in env and "LOVENSE_DEVELOPER_TOKEN_FILE" not in env
+
+
+def test_callbacks_service_publishes_its_ports_and_checks_readiness() -> None:
+    """Its settings load; it publishes the callback port and its own metrics port (not the
+    worker's, 9465 as in deploy/k8s), and its health check asks /readyz there."""
+    stack = services()
+    endpoint = stack["callbacks"]
+    loaded = Settings.from_env({k: str(v) for k, v in endpoint["environment"].items()})
+    worker = Settings.from_env({k: str(v) for k, v in stack["worker"]["environment"].items()})
+    assert loaded.metrics_port == 9465 != worker.metrics_port
+    ports = published(endpoint)
+    assert ports == {loaded.callback_port: loaded.callback_port,
+                     loaded.metrics_port: loaded.metrics_port}
+    assert not set(ports.values()) & set().union(*(published(s).values() for name, s in
+                                                   stack.items() if name != "callbacks"))
+    test = endpoint["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "curl" not in test
+    assert f"http://127.0.0.1:{loaded.metrics_port}/readyz" in test[3]
+    compile(test[3], "healthcheck", "exec")
 
 
 def test_dockerfile_builds_a_wheel_then_a_slim_runtime() -> None:

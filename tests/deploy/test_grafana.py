@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.deploy.support import (
     run,
     tool,
 )
+from worker.metrics import CallbackMetrics
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "lovense-worker.json"
@@ -51,7 +53,8 @@ def test_queries_use_only_metrics_that_exist() -> None:
 
 def test_dashboard_shows_what_operators_need() -> None:
     """Throughput, upstream latency, coalescing, batching, rate limits, Stops, dead letters,
-    registry size, shards per replica and open circuits each have a panel."""
+    registry size, shards per replica, open circuits and the callback endpoint's answers,
+    latency, broker connection and tracked sources each have a panel."""
     used = {p["title"]: set().union(*(metric_names(grafana_to_promql(t["expr"]))
                                       for t in p["targets"])) for p in panels()}
     wanted = {
@@ -65,9 +68,33 @@ def test_dashboard_shows_what_operators_need() -> None:
         "LAN registry size": "lovense_worker_registry_users",
         "Shards consumed per replica": "lovense_worker_shards_consumed",
         "Circuits open": "lovense_worker_circuits_open",
+        "Callbacks by status": "lovense_callback_requests_total",
+        "Callback errors and refusals": "lovense_callback_requests_total",
+        "Callback latency": "lovense_callback_request_seconds_bucket",
+        "Callback endpoints connected to RabbitMQ": "lovense_callback_broker_connected",
+        "Callback sources tracked": "lovense_callback_sources",
     }
     assert {title: metric in used.get(title, set()) for title, metric in wanted.items()} == {
         title: True for title in wanted}
+
+
+def test_callback_endpoint_has_its_own_row_showing_all_its_metrics() -> None:
+    """Every lovense_callback_* family is on the dashboard, and only in the panels under the
+    "Callback endpoint" row: the endpoint's health reads apart from the workers'."""
+    section = ""
+    where: dict[str, set[str]] = {}
+    for panel in load_json(DASHBOARD)["panels"]:
+        if panel["type"] == "row":
+            section = panel["title"]
+            continue
+        for target in panel["targets"]:
+            for name in metric_names(grafana_to_promql(target["expr"])):
+                if name.startswith("lovense_callback_"):
+                    where.setdefault(section, set()).add(name)
+    assert set(where) == {"Callback endpoint"}
+    families = {family.name for family in CallbackMetrics().registry.collect()}
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in where["Callback endpoint"]}
+    assert families and families == shown
 
 
 def test_panels_use_the_datasource_variable_and_fit_the_grid() -> None:

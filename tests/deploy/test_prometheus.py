@@ -56,7 +56,8 @@ def test_the_contracts_alerts_exist_with_severity_and_text() -> None:
     assert set(named) == {
         "LovenseShardWithoutConsumer", "LovenseWorkerDisconnected", "LovenseDeadLettersGrowing",
         "LovenseUpstreamErrorRatio", "LovenseConfigurationError", "LovenseEndToEndLatencyHigh",
-        "LovenseStopLatencyHigh",
+        "LovenseStopLatencyHigh", "LovenseCallbackErrorRatio", "LovenseCallbacksDisconnected",
+        "LovenseCallbacksForbidden", "LovenseCallbacksRateLimited",
     }
     for alert in named.values():
         assert alert["labels"]["severity"] in {"warning", "critical"}
@@ -69,7 +70,8 @@ def test_rules_use_only_metrics_that_exist() -> None:
     assert used - known_metric_names() == set()
     assert {"lovense_worker_config_errors_total", "lovense_worker_end_to_end_seconds_bucket",
             "lovense_worker_stop_seconds_bucket", "lovense_worker_upstream_requests_total",
-            "rabbitmq_detailed_queue_consumers", "rabbitmq_detailed_queue_messages"} <= used
+            "rabbitmq_detailed_queue_consumers", "rabbitmq_detailed_queue_messages",
+            "lovense_callback_requests_total", "lovense_callback_broker_connected"} <= used
 
 
 def test_metric_name_extraction_finds_selectors_only() -> None:
@@ -89,11 +91,19 @@ def test_exported_names_include_prometheus_client_suffixes() -> None:
 
 
 def test_prometheus_scrapes_the_worker_and_rabbitmqs_detailed_queue_metrics() -> None:
-    """prometheus.yml scrapes the worker's port and asks RabbitMQ for the families rules use."""
+    """prometheus.yml scrapes the worker's and the callback endpoint's metrics ports (jobs
+    named as their ServiceMonitors' Services in deploy/k8s) and asks RabbitMQ for the families
+    rules use."""
     jobs = {j["job_name"]: j for j in load_yaml(CONFIG)["scrape_configs"]}
     compose = load_yaml(DEPLOY / "docker-compose.yml")["services"]
-    port = compose["worker"]["environment"]["LOVENSE_METRICS_PORT"]
-    assert jobs["lovense-worker"]["static_configs"] == [{"targets": [f"worker:{port}"]}]
+    base = DEPLOY / "k8s" / "base"
+    for job, service, k8s_service in (
+            ("lovense-worker", "worker", "service.yaml"),
+            ("lovense-callbacks", "callbacks", "callbacks-service.yaml")):
+        port = compose[service]["environment"]["LOVENSE_METRICS_PORT"]
+        assert jobs[job]["static_configs"] == [{"targets": [f"{service}:{port}"]}]
+        # prometheus-operator names the job after the Service: the same label in both.
+        assert load_yaml(base / k8s_service)["metadata"]["name"] == job
     rabbit = jobs["rabbitmq"]
     assert rabbit["static_configs"] == [{"targets": ["rabbitmq:15692"]}]
     assert rabbit["metrics_path"] == "/metrics/detailed"

@@ -8,8 +8,10 @@ import subprocess
 import httpx
 
 from tests.integration.support import AMQP_URL, free_port, until, worker_settings
+from tests.integration.test_callback_endpoint import callback, endpoint_settings, post
 from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
+from worker.endpoint import CallbackService
 from worker.simulator import Simulator
 
 
@@ -52,3 +54,23 @@ async def test_worker_consumes_again_after_rabbitmq_restarts(
                                          "action": "Vibrate:3", "timeSec": 2,
                                          "mode": "server"}, timeout=30)
     assert (after.status, after.via) == ("ok", "server")
+
+
+async def test_the_callback_endpoint_answers_503_while_rabbitmq_is_away(clean_broker: None) -> None:
+    """With RabbitMQ stopped the callback URL answers 503 (the app posts again on its next
+    heartbeat) and /readyz 503; once RabbitMQ is back it publishes again, by itself."""
+    async with CallbackService(endpoint_settings()) as service:
+        assert service.health is not None
+        assert await service.forwarder.wait_connected(10)
+        assert (await post(service, callback("away-1"))).status_code == 200
+        try:
+            await asyncio.to_thread(rabbitmqctl, "stop_app")
+            await until_status(service.health.port, 503, 30)
+            away = await post(service, callback("away-2"))
+        finally:
+            await asyncio.to_thread(rabbitmqctl, "start_app")
+        await until_status(service.health.port, 200, 90)
+        back = await post(service, callback("away-3"))
+    assert away.status_code == 503
+    assert "RabbitMQ" in away.json()["error"]
+    assert back.status_code == 200

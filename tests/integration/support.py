@@ -116,8 +116,9 @@ async def purge_topology(url: str) -> None:
         for index in range(SHARDS):
             queue = await channel.get_queue(topology.shard_queue(index))
             await queue.purge()
-        await channel.declare_queue(topology.CALLBACKS_QUEUE, durable=True,
-                                    arguments=topology.shard_arguments())
+        callbacks = await channel.declare_queue(topology.CALLBACKS_QUEUE, durable=True,
+                                                arguments=topology.shard_arguments())
+        await callbacks.bind(topology.CALLBACKS_EXCHANGE)  # as a worker binds it
         for name in (topology.DEAD_QUEUE, topology.STOP_QUEUE, topology.CALLBACKS_QUEUE):
             queue = await channel.get_queue(name)
             await queue.purge()

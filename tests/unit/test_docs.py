@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from worker.metrics import Metrics
+from worker.metrics import CallbackMetrics, Metrics
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
@@ -31,9 +31,11 @@ def test_readme_configuration_table_lists_every_setting() -> None:
 
 
 def test_readme_lists_every_metric() -> None:
-    """Every metric the worker exports is described in the README."""
-    names = {m.name for m in Metrics().registry.collect()}
-    documented = set(re.findall(r"^\| `(lovense_worker_[a-z_]+)` \|", README, flags=re.MULTILINE))
+    """Every metric the worker and the callback endpoint export is described in the README."""
+    names = {m.name for registry in (Metrics().registry, CallbackMetrics().registry)
+             for m in registry.collect()}
+    documented = set(re.findall(r"^\| `(lovense_(?:worker|callback)_[a-z_]+)` \|", README,
+                                flags=re.MULTILINE))
     exported = {n + "_total" if n + "_total" in documented else n for n in names}
     assert exported == documented
 

@@ -5,16 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from worker.metrics import Metrics
+
+async def listen(app: web.Application, host: str, port: int,
+                 shutdown_timeout: float = 60.0) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port``; return its runner and the bound port (port 0 picks one)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # the only way aiohttp exposes the bound port
+    if server is not None and port == 0:
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return runner, port
 
 
 class HealthServer:
     """Serve Prometheus metrics, liveness (the loop answers) and readiness (consuming)."""
 
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int) -> None:
-        self._metrics = metrics
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], host: str,
+                 port: int) -> None:
+        self._registry = registry
         self._ready = ready
         self._host = host
         self._port = port
@@ -27,13 +39,7 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_view)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server  # the only way aiohttp exposes the bound port
-        if server is not None and self._port == 0:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await listen(app, self._host, self._port)
 
     async def stop(self) -> None:
         """Stop serving."""
@@ -41,7 +47,7 @@ class HealthServer:
             await self._runner.cleanup()
 
     async def _metrics_view(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._metrics.registry)
+        body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
