@@ -83,8 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser(
         "publish", help="publish one command from a shell",
-        description="Publish one command message to lovense.commands; with --wait, print its "
-        "result and exit 0 when its status is ok, 1 when not, 3 on timeout.",
+        description="Publish one command message, persistent, with x-lovense-published-ms and "
+        "a message_id: a Stop (Stop, or Function with action Stop) to the Stop lane, "
+        "lovense.stop; any other command to lovense.commands. With --wait, print its result "
+        "and exit 0 when its status is ok, 1 when not, 3 on timeout (2: not JSON).",
     )
     publish.add_argument(
         "command",
@@ -92,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
         '"action": "Vibrate:5", "timeSec": 3}\' (- reads stdin)',
     )
     publish.add_argument("--amqp-url", default=None, metavar="LOVENSE_AMQP_URL")
-    publish.add_argument("--routing-key", default=None, help="default: the command's uid")
+    publish.add_argument("--routing-key", default=None,
+                         help="default: the command's uid; for uids, the message id")
     publish.add_argument("--wait", action="store_true", help="wait for the result and print it")
     publish.add_argument("--timeout", type=float, default=15.0, help="seconds to wait (15)")
     requeue = sub.add_parser(

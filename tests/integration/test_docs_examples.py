@@ -1,4 +1,4 @@
-"""Every request example of lovense-standard-api.md, end to end.
+"""Every request example of Lovense's Standard API docs (docs/lovense-api.md), end to end.
 
 Each example is published as a command message (its fields as the docs give
 them, ``uid`` added, the docs' ``token`` left out) to ``lovense.commands``; the
@@ -45,7 +45,7 @@ LAN_EXAMPLES: dict[str, dict[str, Any]] = {
                "apiVer": 1},
     "GetToys": {"command": "GetToys"},
     "GetToyName": {"command": "GetToyName"},
-    # Not in the base document; lovense-notes.md gives Position's shape.
+    # Not in the base document; Lovense's newer pages give Position's shape (docs/lovense-api.md).
     "Position": {"command": "Position", "value": "50", "toy": "c1a7e0501234", "apiVer": 1},
 }
 

@@ -89,6 +89,18 @@ def test_a_tombstone_forgets_the_user_whatever_the_header_type() -> None:
     assert pairing.last_offset == 4
 
 
+def test_a_tombstone_updates_the_registry_users_gauge() -> None:
+    """lovense_worker_registry_users drops when a tombstone (Forget) removes a user."""
+    pairing, metrics = make()
+    pairing.apply(callback("a"), None, offset=1)
+    pairing.apply(callback("b"), None, offset=2)
+    assert metrics.registry.get_sample_value("lovense_worker_registry_users") == 2
+    pairing.apply(b"", {topology.FORGET_HEADER: "a"}, offset=3)
+    assert metrics.registry.get_sample_value("lovense_worker_registry_users") == 1
+    pairing.apply(b"", {topology.FORGET_HEADER: "unknown"}, offset=4)
+    assert metrics.registry.get_sample_value("lovense_worker_registry_users") == 1
+
+
 def test_prune_forgets_entries_past_their_ttl() -> None:
     clock = Clock()
     pairing, metrics = make(clock)

@@ -52,7 +52,8 @@ SERVER_ONLY = (
 TIME_SEC = "timeSec: must be 0 (run until stopped) or more than 1 second, got {}"
 TIME_SEC_REQUIRED = "timeSec: required; give 0 to run until stopped or more than 1 second"
 
-# The request examples of lovense-standard-api.md, as printed (Position from lovense-notes.md).
+# The request examples of Lovense's Standard API docs, as printed (Position from its newer
+# pages); docs/lovense-api.md summarises the rules they show.
 DOC_EXAMPLES: dict[str, dict[str, Any]] = {
     "lan-function-1": {
         "command": "Function",

@@ -2,7 +2,7 @@
 
 What a toy can do comes from the app itself when known (GetToys'
 ``fullFunctionNames``, remembered in the registry), else from the capability
-table of lovense-notes.md by toy name. Unknown toys are not second-guessed.
+table of docs/lovense-api.md by toy name. Unknown toys are not second-guessed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Final
 from worker.contract.messages import Command, Function, Position
 from worker.core import rules
 
-#: Functions by toy name (lower case), from lovense-notes.md's capability table.
+#: Functions by toy name (lower case), from docs/lovense-api.md's capability table.
 CAPABILITIES: Final[dict[str, frozenset[str]]] = {
     **{name: frozenset({"Vibrate", "Rotate"}) for name in ("nora", "ridge", "flexer")},
     "max": frozenset({"Vibrate", "Pump"}),

@@ -82,6 +82,7 @@ class Pairing:
         forget = headers.get(topology.FORGET_HEADER)
         if forget is not None:
             self.registry.forget(_text(forget))
+            self._metrics.registry_users.set(len(self.registry))
             return
         # Ids of the events: the same on every replica, unique per published message.
         key = (f"{message_id}/{offset}" if message_id is not None or offset is not None

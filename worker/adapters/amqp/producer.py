@@ -9,11 +9,12 @@ matched by ``correlation_id``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import aio_pika
 import msgspec
@@ -28,6 +29,9 @@ from aio_pika.abc import (
 from worker.contract import topology
 from worker.contract.messages import Result, result_decoder
 
+#: A routing key is an AMQP short string: 255 bytes at most.
+MAX_ROUTING_KEY_BYTES: Final = 255
+
 
 def is_stop(command: Mapping[str, Any]) -> bool:
     """Return whether a command is a Stop, which travels on the Stop lane."""
@@ -38,15 +42,29 @@ def is_stop(command: Mapping[str, Any]) -> bool:
     )
 
 
-def routing_key_for(command: Mapping[str, Any]) -> str:
-    """Return the consistent-hash routing key of a command: its uid (or first of uids)."""
+def routing_key_for(command: Mapping[str, Any], message_id: str | None = None) -> str:
+    """Return the consistent-hash routing key of a command (an AMQP short string).
+
+    One user: the uid, so a user's commands always reach the same shard in order.
+    Several users: the message id, which spreads them over the shards; no shard
+    orders them against those users' own commands anyway. A key over 255 bytes
+    is replaced by its SHA-256 in hex, which still names one shard.
+    """
     uid = command.get("uid")
     if isinstance(uid, str) and uid:
-        return uid
+        return _short_key(uid)
+    if message_id:
+        return _short_key(message_id)
     uids = command.get("uids")
-    if isinstance(uids, list) and uids and isinstance(uids[0], str):
-        return uids[0]
+    if isinstance(uids, list) and uids and isinstance(uids[0], str) and uids[0]:
+        return _short_key(uids[0])
     return "-"
+
+
+def _short_key(key: str) -> str:
+    """Return a key that fits an AMQP short string: itself, else its SHA-256 in hex."""
+    raw = key.encode("utf-8", "surrogatepass")
+    return key if len(raw) <= MAX_ROUTING_KEY_BYTES else hashlib.sha256(raw).hexdigest()
 
 
 class Producer:
@@ -131,7 +149,7 @@ class Producer:
                 reply_to=reply_to,
                 headers=all_headers,
             ),
-            routing_key=routing_key or routing_key_for(mapping),
+            routing_key=routing_key or routing_key_for(mapping, ident),
         )
         return ident
 
