@@ -57,7 +57,8 @@ from worker.core.rules import DEFAULT_CAPS
 SCHEMAS: dict[str, tuple[Any, str, str]] = {
     "command.schema.json": (
         Command, "Lovense command",
-        "A command message published to exchange lovense.commands (routing key: the uid).",
+        "A command message published to exchange lovense.commands (routing key: the uid; "
+        "for several users, the message id), or a Stop to lovense.stop.",
     ),
     "result.schema.json": (
         Result, "Lovense command result",
