@@ -51,11 +51,16 @@ def _free(port: int) -> bool:
     return True
 
 
+#: The simulator inside ``run --simulator`` keeps only its newest requests (for
+#: ``/_sim/requests``): a ring, so a long-running ``make run`` stays flat in memory.
+KEEP_REQUESTS = 1000
+
+
 async def run(make_settings: MakeSettings, configure_logs: Callable[[Settings], None]) -> int:
     """Run until SIGTERM or SIGINT; return the exit code."""
     port = DEFAULT_SERVER_PORT if _free(DEFAULT_SERVER_PORT) else 0
     async with Simulator(token=SIMULATOR_TOKEN, server_port=port, verbose=True,
-                         strict_uids=True) as sim:
+                         strict_uids=True, keep=KEEP_REQUESTS) as sim:
         settings = make_settings(
             {
                 "LOVENSE_API_BASE": sim.server_url,

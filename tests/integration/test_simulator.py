@@ -489,6 +489,20 @@ async def test_record_false_keeps_no_requests() -> None:
         assert simulator.requests == []
 
 
+async def test_keep_journals_only_the_newest_requests() -> None:
+    """With keep=N the journal is a ring: the newest N requests, in the order handled."""
+    async with Simulator(keep=3) as simulator, httpx.AsyncClient() as http:
+        for n in range(7):
+            await http.post(simulator.server_url + COMMAND, json={"n": n})
+        assert [r.body["n"] for r in simulator.requests] == [4, 5, 6]
+
+
+def test_keep_below_one_is_refused() -> None:
+    """keep=0 would silently record nothing: it is refused, naming the argument."""
+    with pytest.raises(ValueError, match="keep: 0 must be at least 1"):
+        Simulator(keep=0)
+
+
 async def test_verbose_prints_one_line_per_toy_change(capsys: pytest.CaptureFixture[str]) -> None:
     """A verbose simulator prints "[uid] Toy: change" for each toy a command changes."""
     async with Simulator(verbose=True) as simulator, httpx.AsyncClient() as http:

@@ -77,7 +77,11 @@ def _print_line(line: str) -> None:
 
 
 class Simulator:
-    """Run the fake Lovense server API and the fake Lovense Remote apps together."""
+    """Run the fake Lovense server API and the fake Lovense Remote apps together.
+
+    Every request is journaled (:attr:`requests`) unless ``record`` is false; with
+    ``keep`` only the newest ``keep`` are, so a simulator that runs for days stays flat.
+    """
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class Simulator:
         server_port: int = 0,
         delay_ms: int = 0,
         record: bool = True,
+        keep: int | None = None,
         ca_dir: str | None = None,
         verbose: bool = False,
         callback_url: str | None = None,
@@ -104,7 +109,10 @@ class Simulator:
         self._host = host
         self._ca_dir = ca_dir
         self._stage = Stage(
-            record=record, delay_ms=delay_ms, announce=_print_line if verbose else None
+            record=record,
+            keep=keep,
+            delay_ms=delay_ms,
+            announce=_print_line if verbose else None,
         )
         self.apps = [SimApp(spec, host=host, stage=self._stage) for spec in specs]
         self._by_uid = {app.uid: app for app in self.apps}

@@ -141,10 +141,19 @@ class Stage:
     """Hold what every fake shares: the faults, the hold, the request journal and the console."""
 
     def __init__(
-        self, *, record: bool, delay_ms: int = 0, announce: Callable[[str], None] | None = None
+        self,
+        *,
+        record: bool,
+        keep: int | None = None,
+        delay_ms: int = 0,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep: {keep} must be at least 1 (or None to keep every request)")
         self.faults = Faults(delay_ms=delay_ms)
         self.record = record
+        #: At most this many requests are kept, the newest (a ring); None keeps all.
+        self.keep = keep
         self.requests: list[RecordedRequest] = []
         self.announce = announce
         self.hold: Hold | None = None
@@ -190,7 +199,7 @@ class Stage:
         received: int,
         status: int,
     ) -> None:
-        """Append the request to the journal when recording."""
+        """Append the request to the journal when recording, dropping the oldest past ``keep``."""
         if self.record:
             headers = {name.lower(): value for name, value in request.headers.items()}
             self.requests.append(
@@ -206,6 +215,8 @@ class Stage:
                     status,
                 )
             )
+            if self.keep is not None and len(self.requests) > self.keep:
+                del self.requests[: len(self.requests) - self.keep]
 
 
 def decode_json(raw: bytes) -> Any:
