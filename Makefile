@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 
-.PHONY: docs install run test test-unit test-integration test-faults lint typecheck bench schemas rabbitmq clean deploy-tools node-example
+.PHONY: docs install run test test-unit test-integration test-faults test-cluster lint typecheck bench schemas rabbitmq clean deploy-tools node-example
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ test-integration: install rabbitmq node-example
 test-faults: install rabbitmq  ## fault-injection tests (restart RabbitMQ; run by make test too)
 	$(BIN)/pytest -q tests/faults
 
+test-cluster: install  ## a local 3-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh, ports 5681-5683; run by make test too)
+	$(BIN)/pytest -q tests/cluster
+
 lint: install
 	$(BIN)/ruff check worker tests bench scripts
 	$(BIN)/lint-imports
@@ -59,6 +62,7 @@ typecheck: install
 	$(BIN)/mypy
 
 # The bench runs in its own vhost: the integration tests purge the shard queues.
+# A cluster's nodes, comma-separated, work too (create the vhost on it first).
 BENCH_AMQP_URL ?= amqp://guest:guest@localhost:5672/lovense-bench
 
 bench: install rabbitmq  ## benchmarks; figures go to bench/results.json
@@ -66,7 +70,8 @@ bench: install rabbitmq  ## benchmarks; figures go to bench/results.json
 		rabbitmqctl add_vhost lovense-bench >/dev/null 2>&1 || true; \
 		rabbitmqctl set_permissions -p lovense-bench guest '.*' '.*' '.*' >/dev/null; \
 	fi
-	LOVENSE_AMQP_URL=$(BENCH_AMQP_URL) $(BIN)/python -m bench
+	LOVENSE_AMQP_URL='$(BENCH_AMQP_URL)' scripts/ensure-rabbitmq.sh
+	LOVENSE_AMQP_URL='$(BENCH_AMQP_URL)' $(BIN)/python -m bench
 
 schemas: install  ## regenerate schemas/ from the msgspec types
 	$(BIN)/python -m worker.schemas schemas

@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -19,11 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import aio_pika
-
-from bench import broadcast, callbacks, flood, registry, stops, throughput
+from bench import broadcast, callbacks, flood, registry, soak, stops, throughput
 from bench.harness import Harness, Options, Scenario
 from bench.procs import ROOT, BenchError
+from worker.adapters.amqp.nodes import connect_first
+from worker.core.brokers import parse_brokers
 
 #: name -> (scenario, what it measures); each writes results.json key ``name``.
 SCENARIOS: Final[dict[str, tuple[Scenario, str]]] = {
@@ -38,7 +39,10 @@ SCENARIOS: Final[dict[str, tuple[Scenario, str]]] = {
     "registry_after": (registry.run_after, "the same, A started after the log is written"),
     "callbacks": (callbacks.run, "callback POSTs/s with confirms: endpoint vs bare aiohttp"),
     "heartbeats": (callbacks.run_heartbeats, "100,000 users' callbacks a minute: workers' CPU"),
+    "soak": (soak.run, "30 min of mixed traffic at half capacity, connections closed: slopes"),
 }
+#: Run only when named (``--scenario``): a repeat of ``registry``, and the 30-minute soak.
+OPT_IN: Final = frozenset({"registry_after", "soak"})
 #: One key per scenario, merged so other scenarios' figures stay.
 DEFAULT_PATH: Final = ROOT / "bench" / "results.json"
 _PACKAGES: Final = ("aio-pika", "aiormq", "aiohttp", "httpx", "httpx-aiohttp", "msgspec",
@@ -91,7 +95,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "same invocation. Figures go to bench/results.json (not with --quick).")
     add = parser.add_argument
     add("--scenario", action="append", choices=sorted(SCENARIOS),
-        help="scenario to run (repeatable; default: all but registry_after)")
+        help="scenario to run (repeatable; default: all but registry_after and soak)")
     add("--quick", action="store_true", help="smoke run at a tenth of the size or less; "
         "results.json left alone unless --output is given")
     add("--commands", type=int, default=None, help="the scenario's main size (commands, uids, "
@@ -104,7 +108,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra LOVENSE_* setting for the worker (repeatable)")
     add("--timeout", type=float, default=None, help="seconds to wait for a run's results")
     add("--amqp-url", default=os.environ.get("LOVENSE_AMQP_URL",
-                                             "amqp://guest:guest@localhost:5672/"))
+                                             "amqp://guest:guest@localhost:5672/"),
+        help="one AMQP URL, or a cluster's nodes comma-separated: the workers get the list, "
+        "the bench's own clients the first node that answers (default: LOVENSE_AMQP_URL)")
     add("--output", type=Path, default=None, help=f"results file (default {DEFAULT_PATH})")
     args = parser.parse_args(argv)
     args.delay_list = None
@@ -124,16 +130,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def _broker_version(url: str) -> str | None:
+async def _broker(urls: str) -> tuple[str, str | None]:
+    """Return the URL of the first node of ``urls`` that answers, and its RabbitMQ version."""
     try:
-        connection = await aio_pika.connect(url, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
-        raise BenchError(f"RabbitMQ does not answer at {url} ({exc!r}); "
+        brokers = parse_brokers(urls)
+    except ValueError as exc:
+        raise BenchError(f"--amqp-url: {exc}") from None
+    try:
+        connection, node = await connect_first(brokers, "bench-version", random.Random())
+    except ConnectionError as exc:
+        raise BenchError(f"RabbitMQ does not answer at {brokers.names} ({exc}); "
                          "run `make rabbitmq` or `rabbitmq-server -detached`") from None
     async with connection:
         transport = connection.transport
         version = transport.connection.server_properties.get("version") if transport else None
-    return version.decode() if isinstance(version, bytes | bytearray) else (
+    return node.url, version.decode() if isinstance(version, bytes | bytearray) else (
         version if isinstance(version, str) else None)
 
 
@@ -141,17 +152,18 @@ async def _main(args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    env = environment(await _broker_version(args.amqp_url))
+    node_url, version = await _broker(args.amqp_url)
+    env = environment(version)
     log_dir = Path(tempfile.mkdtemp(prefix="lovense-bench-"))
-    opts = Options(amqp_url=args.amqp_url, commands=args.commands, delays=args.delay_list,
+    opts = Options(amqp_url=node_url, commands=args.commands, delays=args.delay_list,
                    timeout_s=args.timeout, log_dir=log_dir, repeat=args.repeat,
-                   worker_env=args.worker_env, quick=args.quick, rate=args.rate)
+                   worker_env=args.worker_env, quick=args.quick, rate=args.rate,
+                   worker_amqp_url=args.amqp_url)
     write_to = args.output or (None if args.quick else DEFAULT_PATH)
     print(f"bench: {env['nproc']} CPUs, load {env['loadavg_at_start']}, {env['versions']}; "
           f"child logs in {log_dir}", flush=True)
     summary: list[tuple[str, bool, Any]] = []
-    # registry_after runs only when named: registry measures the same targets.
-    for name in args.scenario or [n for n in SCENARIOS if n != "registry_after"]:
+    for name in args.scenario or [n for n in SCENARIOS if n not in OPT_IN]:
         scenario, what = SCENARIOS[name]
         print(f"\n== {name}: {what}", flush=True)
         started = time.monotonic()

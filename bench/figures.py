@@ -9,6 +9,8 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from worker.core.brokers import redact
+
 
 def metric(text: str, name: str, **labels: str) -> float | None:
     """Return the sum of a metric's samples whose labels include ``labels`` (None: absent)."""
@@ -124,6 +126,5 @@ def recorded_env(env: dict[str, str]) -> dict[str, str]:
     """Return a worker's LOVENSE_* settings as results.json records them (no secrets)."""
     hidden = {"LOVENSE_DEVELOPER_TOKEN": "(random)", "LOVENSE_UTOKEN_SECRET": "(random)",
               "LOVENSE_METRICS_PORT": "(a free port)", "LOVENSE_API_BASE": "(simulator)",
-              "LOVENSE_AMQP_URL": re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@",
-                                         env.get("LOVENSE_AMQP_URL", ""))}
+              "LOVENSE_AMQP_URL": redact(env.get("LOVENSE_AMQP_URL", ""))}
     return {k: hidden.get(k, v) for k, v in env.items() if k.startswith("LOVENSE_")}

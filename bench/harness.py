@@ -29,7 +29,10 @@ _CLI: Final = (sys.executable, "-m", "worker")  # lovense-worker, from this virt
 class Options:
     """What a scenario is asked to do (from the command line)."""
 
-    amqp_url: str  # the options of ``python -m bench`` (``--help``); None: the scenario's own
+    #: The options of ``python -m bench`` (``--help``); None: the scenario's own.
+    #: ``amqp_url`` is the one node the bench's own clients use; the workers get the whole
+    #: ``--amqp-url`` list (``worker_amqp_url``, the same node when it is empty).
+    amqp_url: str
     commands: int | None
     delays: tuple[int, ...] | None
     timeout_s: float | None
@@ -38,6 +41,7 @@ class Options:
     worker_env: tuple[tuple[str, str], ...] = ()
     quick: bool = False
     rate: float | None = None
+    worker_amqp_url: str = ""
 
     def size(self, full: int, quick: int) -> int:
         """Return the scenario's main size: ``--commands``, else ``quick`` or ``full``."""
@@ -152,7 +156,7 @@ class Harness:
         port), 4 shards, JSON logs, then ``extra``, then ``--worker-env``; no other LOVENSE_*."""
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOVENSE_")}
         return inherited | {
-            "LOVENSE_AMQP_URL": self.opts.amqp_url,
+            "LOVENSE_AMQP_URL": self.opts.worker_amqp_url or self.opts.amqp_url,
             "LOVENSE_API_BASE": sim.url if sim else "http://127.0.0.1:9",
             "LOVENSE_DEVELOPER_TOKEN": sim.token if sim else "bench-no-server",
             "LOVENSE_SHARDS": str(SHARDS), "LOVENSE_PREFETCH": str(PREFETCH),

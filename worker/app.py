@@ -61,7 +61,7 @@ class Worker:
         self.registry = Registry(settings.lan_ttl_s, clock)
         self.pairing = Pairing(settings, self.registry, self.metrics, clock=clock,
                                claims=Claims())
-        link = Link(settings.amqp_url, settings.shards, self.metrics)
+        link = Link(settings.brokers, settings.shards, self.metrics)
         publisher = Publisher(link, self.metrics)
         self.events = Events(publisher.publish_event, self.metrics)
         self.registry_log = RegistryLog(link, self.pairing, settings.lan_ttl_s,

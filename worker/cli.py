@@ -120,9 +120,16 @@ async def _requeue_dead(args: argparse.Namespace) -> int:
 
 
 def _amqp_url(args: argparse.Namespace) -> str:
-    """Return ``--amqp-url``, else LOVENSE_AMQP_URL, else its default, checked like ``run``'s."""
+    """Return ``--amqp-url``, else LOVENSE_AMQP_URL, else its default, checked like ``run``'s.
+
+    Logs (a node of the list that did not answer, a reconnect) go to stderr as ``run``'s
+    do, so stdout keeps only the command's answer.
+    """
     env = VARIABLES["amqp_url"]
-    return Settings.from_env(overrides={env: args.amqp_url or None}, only={env}).amqp_url
+    settings = Settings.from_env(overrides={env: args.amqp_url or None},
+                                 only={env, VARIABLES["log_format"], VARIABLES["log_level"]})
+    _configure_logs(settings)
+    return settings.amqp_url
 
 
 def _settings(args: argparse.Namespace, extra: dict[str, str] | None = None,
@@ -157,12 +164,13 @@ async def _run(args: argparse.Namespace) -> int:
 def _configure_logs(settings: Settings) -> None:
     from urllib.parse import unquote, urlsplit
 
-    # The password as written in the URL (maybe percent-encoded) and as sent.
-    password = urlsplit(settings.amqp_url).password or ""
+    # The password as written in each URL of the list (maybe percent-encoded) and as sent.
+    written = {urlsplit(node.url).password or "" for node in settings.brokers.nodes}
+    passwords = sorted(written | {unquote(password) for password in written})
     logs.configure(
         settings.log_format, settings.log_level,
         secrets=(settings.developer_token.reveal(), settings.utoken_secret.reveal(),
-                 password, unquote(password)),
+                 *passwords),
         utoken_hex=bool(settings.utoken_secret),
     )
 

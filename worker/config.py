@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from worker.contract.errors import ConfigError
+from worker.core.brokers import Brokers, parse_brokers, redact
 from worker.core.lan import Networks
 from worker.core.rules import Caps
 
@@ -140,8 +141,7 @@ def _url(raw: str) -> str:
 
 
 def _amqp_url(raw: str) -> str:
-    if not raw.startswith(("amqp://", "amqps://")):
-        raise ValueError("must be an amqp:// or amqps:// URL")
+    parse_brokers(raw)
     return raw
 
 
@@ -240,8 +240,10 @@ class Settings:
     """The worker's configuration, read once at start-up."""
 
     amqp_url: str = _str(
-        "LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/", _amqp_url, "URL",
-        "RabbitMQ to consume commands from and publish results to")
+        "LOVENSE_AMQP_URL", "amqp://guest:guest@localhost:5672/", _amqp_url, "URLs",
+        "RabbitMQ to consume commands from and publish results to: one URL, or the nodes of "
+        "one cluster comma-separated (same vhost and credentials in each; a comma in them is "
+        "written `%2C`), tried in a shuffled order on every (re)connect")
     developer_token: Secret = _declare(
         "LOVENSE_DEVELOPER_TOKEN", Secret(""), "", Secret, "secret",
         "Lovense developer token for the server route; never logged, never in a result or "
@@ -417,7 +419,7 @@ class Settings:
     def __repr__(self) -> str:
         # The AMQP URL may carry a password; the token is a Secret already.
         fields = ", ".join(
-            f"{f.name}={_redact_url(getattr(self, f.name)) if f.name == 'amqp_url' else getattr(self, f.name)!r}"  # noqa: E501
+            f"{f.name}={redact(repr(getattr(self, f.name)))}"
             for f in dataclasses.fields(self)
         )
         return f"Settings({fields})"
@@ -462,6 +464,11 @@ class Settings:
                     rule=self.max_rule_length, strength=self.max_strength_length)
 
     @property
+    def brokers(self) -> Brokers:
+        """Return the broker nodes of ``LOVENSE_AMQP_URL`` (checked when the settings were read)."""
+        return parse_brokers(self.amqp_url)
+
+    @property
     def lan_enabled(self) -> bool:
         """Return whether the LAN route may be used at all."""
         return bool(self.lan_allow)
@@ -500,12 +507,3 @@ def _resolved(settings: Settings) -> Settings:
             f"LOVENSE_REPLICA: ordinal {settings.replica} is not below LOVENSE_REPLICAS "
             f"({settings.replicas})")
     return settings
-
-
-def _redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

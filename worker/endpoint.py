@@ -51,7 +51,7 @@ class CallbackService:
                  metrics_port: int | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or CallbackMetrics()
-        self.forwarder = Forwarder(settings.amqp_url, self.metrics)
+        self.forwarder = Forwarder(settings.brokers, self.metrics)
         gate = Gate(
             source_rate=settings.callback_source_rate,
             source_burst=settings.callback_source_burst,

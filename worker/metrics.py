@@ -6,11 +6,40 @@ Names are ``lovense_worker_<thing>_<unit|total>``; labels are low-cardinality
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def running_tasks() -> float:
+    """Return how many asyncio tasks are alive in this thread's running loop (0: no loop)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # collected outside the loop (tests, docs): nothing to count
+        return 0.0
+
+
+class NodeInfo:
+    """Which broker node a process is on: one ``node`` label at a time, the last one kept."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+        self._node: str | None = None
+
+    def connected(self, node: str) -> None:
+        """Show ``node`` (``host:port``) at 1, dropping the label of the node before it."""
+        if self._node is not None and self._node != node:
+            self._gauge.remove(self._node)
+        self._node = node
+        self._gauge.labels(node).set(1)
+
+    def lost(self) -> None:
+        """Show the node last connected to at 0 (the connection is gone)."""
+        if self._node is not None:
+            self._gauge.labels(self._node).set(0)
 
 
 class Metrics:
@@ -124,10 +153,21 @@ class Metrics:
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )
+        self.node = NodeInfo(Gauge(
+            "lovense_worker_broker_node_info",
+            "The RabbitMQ node (host:port) connected to: 1 while connected, 0 once lost.",
+            ["node"], registry=r,
+        ))
         self.events = Counter(
             "lovense_worker_events", "User lifecycle events published to lovense.events, by type.",
             ["type"], registry=r,
         )
+        # Counted when /metrics is scraped (in the loop's thread): a leak of tasks shows here.
+        self.tasks = Gauge(
+            "lovense_worker_asyncio_tasks", "asyncio tasks alive in the process, at scrape time.",
+            registry=r,
+        )
+        self.tasks.set_function(running_tasks)
 
 
 class CallbackMetrics:
@@ -155,6 +195,11 @@ class CallbackMetrics:
         self.connected = Gauge(
             "lovense_callback_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )
+        self.node = NodeInfo(Gauge(
+            "lovense_callback_broker_node_info",
+            "The RabbitMQ node (host:port) connected to: 1 while connected, 0 once lost.",
+            ["node"], registry=r,
+        ))
         self._statuses: dict[int, Any] = {}
 
     def answered(self, status: int) -> None:

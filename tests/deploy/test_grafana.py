@@ -53,8 +53,9 @@ def test_queries_use_only_metrics_that_exist() -> None:
 
 def test_dashboard_shows_what_operators_need() -> None:
     """Throughput, upstream latency, coalescing, batching, rate limits, Stops, dead letters,
-    registry size, shards per replica, open circuits and the callback endpoint's answers,
-    latency, broker connection and tracked sources each have a panel."""
+    registry size, shards per replica, open circuits, the broker node each replica is on, and
+    the callback endpoint's answers, latency, broker connection and tracked sources each have
+    a panel."""
     used = {p["title"]: set().union(*(metric_names(grafana_to_promql(t["expr"]))
                                       for t in p["targets"])) for p in panels()}
     wanted = {
@@ -72,6 +73,7 @@ def test_dashboard_shows_what_operators_need() -> None:
         "Callback errors and refusals": "lovense_callback_requests_total",
         "Callback latency": "lovense_callback_request_seconds_bucket",
         "Callback endpoints connected to RabbitMQ": "lovense_callback_broker_connected",
+        "Connected to RabbitMQ": "lovense_worker_broker_node_info",
         "Callback sources tracked": "lovense_callback_sources",
     }
     assert {title: metric in used.get(title, set()) for title, metric in wanted.items()} == {

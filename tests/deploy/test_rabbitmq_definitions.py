@@ -100,7 +100,7 @@ def declared() -> _Recorder:
         channel = _Channel(recorder)
         await declare_topology(channel, settings.shards)  # type: ignore[arg-type]
         # The registry log declares on the link's session: a connected one, made of recorders.
-        link = Link("amqp://unused", settings.shards, Metrics())
+        link = Link(settings.brokers, settings.shards, Metrics())
         link._session = Session(_Connection(recorder), _Connection(recorder),  # type: ignore[arg-type]
                                 channel, _Exchange("results"), _Exchange("dead"),  # type: ignore[arg-type]
                                 _Exchange("events"))  # type: ignore[arg-type]

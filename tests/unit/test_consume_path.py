@@ -25,6 +25,7 @@ from worker.adapters.amqp.link import Link, Session
 from worker.adapters.amqp.publisher import Publisher
 from worker.adapters.amqp.settle import Settler
 from worker.contract.messages import Result, result_decoder
+from worker.core.brokers import parse_brokers
 from worker.core.jobs import epoch_ms
 from worker.core.results import Delivery, Handled
 from worker.metrics import Metrics
@@ -85,7 +86,7 @@ def make_settler(runtime: Runtime, crash: bool, results: FakeExchange | None = N
                  ) -> tuple[Settler, FakeExchange, FakeExchange]:
     """Return a settler over fake AMQP objects, and the results and dead-letter exchanges."""
     metrics = Metrics()
-    link = Link("amqp://unused", 4, metrics)
+    link = Link(parse_brokers("amqp://unused"), 4, metrics)
     results, dead = results or FakeExchange(), FakeExchange()
     # A connected link's session, made of fakes (the publisher encodes as the wire would).
     link._session = Session(FakeChannel(), FakeChannel(), FakeChannel(),  # type: ignore[arg-type]

@@ -4,18 +4,22 @@ Takes messages from ``lovense.dead`` (all, or those whose ``x-lovense-error``
 contains a text), republishes each to the exchange and routing key it first
 came through (headers ``x-lovense-origin-*``; for messages the broker
 dead-lettered itself, its ``x-death`` record) without the dead-letter headers,
-and acks it. Messages that do not match go back to the queue untouched.
+and acks it. Messages that do not match go back to the queue untouched. Of
+several nodes in the URL list, the first that answers (shuffled) is used.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from worker.adapters.amqp.nodes import connect_first
 from worker.contract import topology
+from worker.core.brokers import parse_brokers
 
 _DROP: Final = frozenset({
     topology.ERROR_HEADER, topology.ORIGIN_EXCHANGE_HEADER, topology.ORIGIN_ROUTING_KEY_HEADER,
@@ -53,9 +57,13 @@ def _text(value: Any) -> str:
 
 async def requeue_dead(url: str, match: str | None, limit: int | None,
                        dry_run: bool = False) -> Requeued:
-    """Republish matching dead letters to where they came from; return the counts."""
+    """Republish matching dead letters to where they came from; return the counts.
+
+    ``url`` is one AMQP URL or a comma-separated list of a cluster's nodes.
+    """
     done = Requeued()
-    connection = await aio_pika.connect(url)
+    connection, _node = await connect_first(parse_brokers(url), "lovense-requeue-dead",
+                                            random.Random())
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         queue = await channel.get_queue(topology.DEAD_QUEUE, ensure=False)

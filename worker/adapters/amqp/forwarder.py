@@ -6,7 +6,9 @@ It declares ``lovense.callbacks`` exactly as the worker does, so either may
 start first, and publishes each callback mandatory: a callback that no queue
 would take (no worker has ever declared ``lovense.callbacks``), a nack, a lost
 channel or no connection at all raise :class:`BrokerAway`, and the endpoint
-answers 503 so the app posts again on its next heartbeat.
+answers 503 so the app posts again on its next heartbeat. With several nodes
+in ``LOVENSE_AMQP_URL`` each reconnect tries them in a shuffled order, the node
+just lost last.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from worker.adapters.amqp.link import CONNECTION_ERRORS
+from worker.adapters.amqp.nodes import connect_first
 from worker.contract import topology
+from worker.core.brokers import Brokers, Node
 from worker.metrics import CallbackMetrics
 
 log = structlog.get_logger("worker.adapters.amqp.forwarder")
@@ -41,8 +45,11 @@ class BrokerAway(Exception):
 class Forwarder:
     """Publish callbacks to ``lovense.callbacks`` with confirms, reconnecting as needed."""
 
-    def __init__(self, url: str, metrics: CallbackMetrics) -> None:
-        self._url = url
+    def __init__(self, brokers: Brokers, metrics: CallbackMetrics,
+                 rng: random.Random | None = None) -> None:
+        self._brokers = brokers
+        self._rng = rng or random.Random()
+        self._node: Node | None = None
         self._metrics = metrics
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -108,9 +115,10 @@ class Forwarder:
                             retry_in_s=round(delay, 2))
             else:
                 delay = BACKOFF_S[0]
-                log.info("callback_broker_connected")
+                node = self._node.name if self._node else None
+                log.info("callback_broker_connected", node=node)
                 await lost.wait()
-                log.warning("callback_broker_lost")
+                log.warning("callback_broker_lost", node=node)
             await self._drop()
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_S[1])
@@ -121,8 +129,10 @@ class Forwarder:
         def on_close(*_: Any) -> None:
             lost.set()
 
-        connection = await aio_pika.connect(self._url, timeout=CONFIRM_TIMEOUT_S)
+        connection, node = await connect_first(self._brokers, "lovense-callbacks", self._rng,
+                                               last=self._node, timeout=CONFIRM_TIMEOUT_S)
         self._connection = connection
+        self._node = node
         connection.close_callbacks.add(on_close)
         channel: AbstractChannel = await connection.channel(publisher_confirms=True,
                                                             on_return_raises=True)
@@ -131,6 +141,7 @@ class Forwarder:
         self._exchange = await channel.declare_exchange(
             topology.CALLBACKS_EXCHANGE, ExchangeType.FANOUT, durable=True)
         self._metrics.connected.set(1)
+        self._metrics.node.connected(node.name)
         self._up.set()
         return lost
 
@@ -139,6 +150,7 @@ class Forwarder:
         self._channel = None
         self._up.clear()
         self._metrics.connected.set(0)
+        self._metrics.node.lost()
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*CONNECTION_ERRORS, OSError, TimeoutError):

@@ -9,11 +9,16 @@ connection, so a Stop never queues behind command frames on a busy socket.
 Reconnection is ours (:mod:`worker.adapters.amqp.supervisor`), not aio-pika's
 robust connection: measured here, its restored channels did not consume again
 after the broker closed them. A closed connection only sets :attr:`Link.lost`.
+
+With several nodes in ``LOVENSE_AMQP_URL``, each connect tries them in a
+shuffled order (the node just lost last, :mod:`worker.adapters.amqp.nodes`);
+both connections go to the node that answered first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -23,6 +28,8 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from worker.adapters.amqp.declare import declare
+from worker.adapters.amqp.nodes import connect, connect_first
+from worker.core.brokers import Brokers, Node
 from worker.metrics import Metrics
 
 log = structlog.get_logger("worker.adapters.amqp.link")
@@ -47,10 +54,13 @@ class Session:
 
 
 class Link:
-    """The worker's two connections to one RabbitMQ, opened and closed as one."""
+    """The worker's two connections to one RabbitMQ node, opened and closed as one."""
 
-    def __init__(self, url: str, shards: int, metrics: Metrics) -> None:
-        self._url = url
+    def __init__(self, brokers: Brokers, shards: int, metrics: Metrics,
+                 rng: random.Random | None = None) -> None:
+        self._brokers = brokers
+        self._rng = rng or random.Random()
+        self._node: Node | None = None
         self._shards = shards
         self._metrics = metrics
         self._session: Session | None = None
@@ -66,6 +76,11 @@ class Link:
             raise RuntimeError("not connected to RabbitMQ: Link.connect() first")
         return self._session
 
+    @property
+    def node(self) -> Node | None:
+        """Return the node connected to last (None before the first connect)."""
+        return self._node
+
     def connected(self) -> bool:
         """Return whether both connections are open and none was lost since the connect."""
         session = self._session
@@ -76,18 +91,22 @@ class Link:
         """Open both connections and the publishing channel, and declare the topology."""
         self.lost.clear()
         self._opened = []
-        connection = await self._open("lovense-worker")
-        stop_connection = await self._open("lovense-worker-stop-lane")
+        connection, node = await connect_first(self._brokers, "lovense-worker", self._rng,
+                                               last=self._node)
+        self._node = node
+        self._watch(connection)
+        stop_connection = self._watch(await connect(node, "lovense-worker-stop-lane"))
         publisher = await connection.channel(publisher_confirms=True)
         exchanges = await declare(publisher, self._shards)
         self._session = Session(connection, stop_connection, publisher,
                                 results=exchanges.results, dead=exchanges.dead,
                                 events=exchanges.events)
         self._metrics.connected.set(1)
+        self._metrics.node.connected(node.name)
+        log.info("broker_connected", node=node.name)
         return self._session
 
-    async def _open(self, name: str) -> AbstractConnection:
-        connection = await aio_pika.connect(self._url, client_properties={"connection_name": name})
+    def _watch(self, connection: AbstractConnection) -> AbstractConnection:
         self._opened.append(connection)
         connection.close_callbacks.add(self._on_closed)
         return connection
@@ -95,6 +114,7 @@ class Link:
     def _on_closed(self, *_: Any) -> None:
         if not self._closing:
             self._metrics.connected.set(0)
+            self._metrics.node.lost()
             self.lost.set()
 
     async def close_connections(self) -> None:
@@ -111,3 +131,4 @@ class Link:
         self._closing = True
         await self.close_connections()
         self._metrics.connected.set(0)
+        self._metrics.node.lost()

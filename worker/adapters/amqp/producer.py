@@ -4,12 +4,20 @@ This is what a platform's Python backend imports (and what ``lovense-worker
 publish`` is built on). Every command gets ``x-lovense-published-ms`` and a
 ``message_id``; results come back on a private, exclusive reply queue and are
 matched by ``correlation_id``.
+
+The URL may list a cluster's nodes, comma-separated. The producer reconnects
+by itself, to any node of the list, after its connection drops: a call waiting
+for a result then raises :class:`ConnectionError` (its reply queue is gone
+with the connection), and a publish waits up to ``reconnect_timeout`` seconds
+for the next connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,20 +25,28 @@ from types import TracebackType
 from typing import Any, Final
 
 import aio_pika
+import aiormq
 import msgspec
+import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
 
+from worker.adapters.amqp.nodes import connect_first
 from worker.contract import topology
 from worker.contract.messages import Result, result_decoder
+from worker.core.brokers import Node, parse_brokers
+
+log = structlog.get_logger("worker.adapters.amqp.producer")
 
 #: A routing key is an AMQP short string: 255 bytes at most.
 MAX_ROUTING_KEY_BYTES: Final = 255
+#: Seconds between reconnect attempts: doubling from the first to the last, with jitter.
+BACKOFF_S: Final = (0.2, 5.0)
 
 
 def is_stop(command: Mapping[str, Any]) -> bool:
@@ -70,14 +86,27 @@ def _short_key(key: str) -> str:
 class Producer:
     """Publish Lovense commands to ``lovense.commands`` and optionally await their results."""
 
-    def __init__(self, url: str = "amqp://guest:guest@localhost:5672/") -> None:
-        self._url = url
-        self._connection: AbstractRobustConnection | None = None
+    def __init__(self, url: str = "amqp://guest:guest@localhost:5672/", *,
+                 reconnect_timeout: float = 30.0, rng: random.Random | None = None) -> None:
+        #: One URL or a cluster's nodes, comma-separated; ValueError names a bad entry.
+        self._brokers = parse_brokers(url)
+        self._reconnect_timeout = reconnect_timeout
+        self._rng = rng or random.Random()
+        self._node: Node | None = None
+        self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._stop_exchange: AbstractExchange | None = None
         self._replies: AbstractQueue | None = None
         self._waiting: dict[str, asyncio.Future[Result]] = {}
+        self._up = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def node(self) -> Node | None:
+        """Return the node connected to last (None before :meth:`connect`)."""
+        return self._node
 
     async def __aenter__(self) -> Producer:
         await self.connect()
@@ -90,20 +119,83 @@ class Producer:
         await self.close()
 
     async def connect(self) -> None:
-        """Connect and open a channel with publisher confirms."""
-        self._connection = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": "lovense-producer"}
-        )
-        self._channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await self._channel.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
-        self._stop_exchange = await self._channel.get_exchange(topology.STOP_EXCHANGE, ensure=True)
+        """Connect to the first node that answers and open a channel with publisher confirms."""
+        self._closing = False
+        await self._open()
 
     async def close(self) -> None:
-        """Close the connection; pending waits fail."""
+        """Close the connection and stop reconnecting; pending waits fail."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+            self._reconnecting = None
         for future in self._waiting.values():
             future.cancel()
-        if self._connection is not None:
+        self._up.clear()
+        if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
+
+    async def _open(self) -> None:
+        connection, node = await connect_first(self._brokers, "lovense-producer", self._rng,
+                                               last=self._node)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(topology.COMMANDS_EXCHANGE, ensure=True)
+            stop_exchange = await channel.get_exchange(topology.STOP_EXCHANGE, ensure=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._connection, self._channel, self._node = connection, channel, node
+        self._exchange, self._stop_exchange, self._replies = exchange, stop_exchange, None
+        connection.close_callbacks.add(lambda *_: self._lost(connection))
+        channel.close_callbacks.add(lambda *_: self._lost(connection))
+        self._up.set()
+
+    def _lost(self, connection: AbstractConnection) -> None:
+        """Forget the connection, fail the calls waiting on it, and start reconnecting."""
+        if self._closing or connection is not self._connection or not self._up.is_set():
+            return
+        self._up.clear()
+        self._channel = self._exchange = self._stop_exchange = self._replies = None
+        where = self._node.name if self._node else "RabbitMQ"
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError(
+                    f"the connection to {where} was lost before the result came"))
+        log.warning("producer_connection_lost", node=where)
+        self._reconnecting = asyncio.get_running_loop().create_task(
+            self._reconnect(connection), name="producer-reconnect")
+
+    async def _reconnect(self, old: AbstractConnection) -> None:
+        with contextlib.suppress(Exception):
+            await old.close()
+        delay = BACKOFF_S[0]
+        while not self._closing:
+            try:
+                await self._open()
+            except Exception as exc:  # noqa: BLE001 - keep trying, with backoff
+                log.warning("producer_reconnect_failed", error=str(exc) or type(exc).__name__,
+                            retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))
+                delay = min(delay * 2, BACKOFF_S[1])
+            else:
+                log.info("producer_reconnected", node=self._node.name if self._node else None)
+                return
+
+    async def _ready(self) -> AbstractChannel:
+        """Return the channel, waiting up to ``reconnect_timeout`` s while reconnecting."""
+        if self._channel is None and self._reconnecting is not None and not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up.wait(), self._reconnect_timeout)
+            if self._channel is None:
+                raise ConnectionError(
+                    f"not connected to RabbitMQ: no node of {self._brokers.names} accepted a "
+                    f"connection within {self._reconnect_timeout:g} s")
+        assert self._channel is not None, "connect() first"
+        return self._channel
 
     async def publish(
         self,
@@ -121,6 +213,8 @@ class Producer:
         ``lovense.stop``, so they never wait behind other commands; ``exchange``
         overrides that choice.
         """
+        if self._exchange is None:
+            await self._ready()
         assert self._exchange is not None and self._stop_exchange is not None, "connect() first"
         mapping: Mapping[str, Any]
         if isinstance(command, bytes):
@@ -139,6 +233,16 @@ class Producer:
         target = self._stop_exchange if is_stop(mapping) else self._exchange
         if exchange is not None:
             target = await self._channel_exchange(exchange)
+        try:
+            await self._publish(target, body, ident, reply_to, all_headers,
+                                routing_key or routing_key_for(mapping, ident))
+        except aiormq.exceptions.ChannelInvalidStateError as exc:
+            raise ConnectionError(f"the channel closed while publishing ({exc})") from exc
+        return ident
+
+    @staticmethod
+    async def _publish(target: AbstractExchange, body: bytes, ident: str, reply_to: str | None,
+                       headers: dict[str, Any], routing_key: str) -> None:
         await target.publish(
             aio_pika.Message(
                 body,
@@ -147,35 +251,44 @@ class Producer:
                 message_id=ident,
                 correlation_id=ident if reply_to else None,
                 reply_to=reply_to,
-                headers=all_headers,
+                headers=headers,
             ),
-            routing_key=routing_key or routing_key_for(mapping, ident),
+            routing_key=routing_key,
         )
-        return ident
 
     async def _channel_exchange(self, name: str) -> AbstractExchange:
-        assert self._channel is not None, "connect() first"
-        return await self._channel.get_exchange(name, ensure=False)
+        return await (await self._ready()).get_exchange(name, ensure=False)
 
     async def call(
         self, command: Mapping[str, Any] | bytes, *, timeout: float = 10.0, **kwargs: Any
     ) -> Result:
-        """Publish a command and wait up to ``timeout`` seconds for its result."""
+        """Publish a command and wait up to ``timeout`` seconds for its result.
+
+        Raise :class:`TimeoutError` when none came in time, :class:`ConnectionError`
+        when the connection dropped first (the command may still run).
+        """
         replies = await self._reply_queue()
         ident = kwargs.pop("message_id", None) or uuid.uuid4().hex
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = future
         try:
             await self.publish(command, message_id=ident, reply_to=replies.name, **kwargs)
+            if self._replies is not replies:  # dropped before the future was waiting
+                raise ConnectionError("the connection to RabbitMQ was lost while publishing")
             return await asyncio.wait_for(future, timeout)
         finally:
             self._waiting.pop(ident, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a drop may have failed it unawaited
 
     async def _reply_queue(self) -> AbstractQueue:
         if self._replies is None:
-            assert self._channel is not None, "connect() first"
-            self._replies = await self._channel.declare_queue(exclusive=True, auto_delete=True)
-            await self._replies.consume(self._on_reply, no_ack=True)
+            channel = await self._ready()
+            replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await replies.consume(self._on_reply, no_ack=True)
+            if channel is self._channel:  # else it went with a dropped connection
+                self._replies = replies
+            return replies
         return self._replies
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:

@@ -3,7 +3,8 @@
 It waits for the link's ``lost`` event, lets the broker forget what the lost
 connections carried, closes what is left, and retries the broker's reconnect
 steps (connect, Stop log, registry, consuming) with exponential backoff from
-0.5 s to 5 s until they all succeed.
+0.5 s to 5 s until they all succeed. Each attempt tries every node of
+``LOVENSE_AMQP_URL`` in a new shuffled order, the node just lost last.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Supervisor:
         while True:
             await self._link.lost.wait()
             self._metrics.connected.set(0)
-            log.warning("broker_connection_lost")
+            lost = self._link.node
+            log.warning("broker_connection_lost", node=lost.name if lost else None)
             self._on_lost()
             await self._link.close_connections()
             delay = FIRST_DELAY_S
@@ -59,4 +61,5 @@ class Supervisor:
                     await self._link.close_connections()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY_S)
-            log.info("broker_reconnected")
+            node = self._link.node
+            log.info("broker_reconnected", node=node.name if node else None)
