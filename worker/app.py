@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final
@@ -25,7 +27,7 @@ from worker.adapters.http.health import HealthServer
 from worker.adapters.http.lovense import LovenseClient
 from worker.config import Settings
 from worker.contract import topology
-from worker.core.assignment import Assignment
+from worker.core.assignment import Membership
 from worker.core.breaker import Breakers
 from worker.core.registry import Registry
 from worker.metrics import Metrics
@@ -41,6 +43,11 @@ log = structlog.get_logger("worker.app")
 #: a command's objects are freed by reference counting before a collection has to
 #: look at them (measured with ``make bench``: see bench/README.md).
 GC_THRESHOLDS: Final = (10_000, 10, 10)
+
+
+def member_id() -> str:
+    """Return a new member id: the host name (a pod's name) and a random suffix."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
 class Worker:
@@ -67,19 +74,24 @@ class Worker:
         self.registry_log = RegistryLog(link, self.pairing, settings.lan_ttl_s,
                                         settings.snapshot_interval_s, self.metrics,
                                         dead_letter=publisher.dead_letter, events=self.events)
+        member = member_id()
         breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s, time.monotonic)
         dispatcher = Dispatcher(settings, self._client, self.metrics, registry=self.registry,
                                 breakers=breakers, events=self.events,
-                                report_toys=self.registry_log.announce_toys)
+                                report_toys=self.registry_log.announce_toys, member=member)
         users = Users(settings, dispatcher, events=self.events,
                       announce_forget=self.registry_log.announce_forget)
         self.runtime = Runtime(settings, dispatcher, self.metrics,
                                announce_stop=publisher.announce_stop, users=users)
-        assignment = Assignment(settings.replica, settings.replicas, settings.shards,
-                                presence_ttl_s=topology.PRESENCE_TTL_S, clock=time.monotonic)
-        self.broker = Broker(link, publisher, prefetch=settings.prefetch, assignment=assignment,
-                             metrics=self.metrics, handle=self.runtime.handle,
-                             crashed=self.runtime.crashed, on_stop=self.runtime.remote_stop,
+        self.membership = Membership(
+            member, settings.shards, ttl_s=topology.PRESENCE_TTL_S,
+            listen_s=topology.PRESENCE_LISTEN_S, stable_s=topology.PRESENCE_STABLE_S,
+            clock=time.monotonic)
+        self.broker = Broker(link, publisher, prefetch=settings.prefetch,
+                             membership=self.membership, metrics=self.metrics,
+                             handle=self.runtime.handle, crashed=self.runtime.crashed,
+                             on_stop=self.runtime.remote_stop,
+                             on_members=self.runtime.share_server_cap,
                              resume=self.registry_log.resume)
         self.health: HealthServer | None = None
         if settings.metrics_port:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import socket
 import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -115,17 +114,6 @@ def _float_in(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
-
-
-def _ordinal(raw: str) -> int:
-    # -1: not given; resolved from the hostname once LOVENSE_REPLICAS is known.
-    return -1 if not raw else _int_in(0, 1023)(raw)
-
-
-def _hostname_ordinal() -> int:
-    host = os.environ.get("HOSTNAME", "") or socket.gethostname()
-    tail = host.rsplit("-", 1)[-1]
-    return int(tail) if "-" in host and tail.isdigit() else 0
 
 
 def _flag(raw: str) -> bool:
@@ -315,8 +303,8 @@ class Settings:
         "LOVENSE_LAN_BURST", 10, 1, 10_000, "calls", "per-uid burst on the LAN route")
     server_max_rps: float = _float(
         "LOVENSE_SERVER_MAX_RPS", 100.0, 0.1, 1_000_000, "calls/s",
-        "cap on server-route calls per worker process: set it to your account's limit divided "
-        "by the number of replicas")
+        "your account's cap on server-route calls: the live worker processes share it, each "
+        "taking an equal part")
     batch_window_ms: int = _int(
         "LOVENSE_BATCH_WINDOW_MS", 20, 0, 10_000, "ms",
         "identical toy-less commands for different users arriving within this window share "
@@ -379,13 +367,6 @@ class Settings:
         "LOVENSE_MAX_DELIVERIES", 5, 1, 19, "deliveries",
         "a message whose `x-delivery-count` reaches this is given up on: `failed` result, "
         "then `lovense.dead`")
-    replicas: int = _int(
-        "LOVENSE_REPLICAS", 1, 1, 1024, "replicas",
-        "how many worker replicas share the shards (at most `LOVENSE_SHARDS`)")
-    replica: int = _declare(
-        "LOVENSE_REPLICA", 0, "", _ordinal, "ordinal",
-        "this replica's ordinal, 0 … `LOVENSE_REPLICAS`-1 (a StatefulSet pod's ordinal)",
-        bounds=(0, 1023), auto="the hostname's `-N` suffix, else `0`")
     http_connections: int = _int(
         "LOVENSE_HTTP_CONNECTIONS", 512, 1, 100_000, "connections",
         "most open HTTP connections per route")
@@ -455,7 +436,7 @@ class Settings:
             values[attr] = setting.read(env)
             if file is not None and (text := file.read(env)) is not None:
                 values[attr] = setting.parse(text)
-        return _resolved(cls(**values))
+        return cls(**values)
 
     @property
     def caps(self) -> Caps:
@@ -493,17 +474,3 @@ def _check_names(*groups: Collection[str]) -> None:
         raise ValueError(f"not LOVENSE_* settings: {', '.join(unknown)}")
 
 
-def _resolved(settings: Settings) -> Settings:
-    """Return ``settings`` with the replica ordinal resolved, once its limits are checked."""
-    if settings.replica < 0:
-        ordinal = _hostname_ordinal() if settings.replicas > 1 else 0
-        settings = dataclasses.replace(settings, replica=ordinal)
-    if settings.replicas > settings.shards:
-        raise ConfigError(
-            f"LOVENSE_REPLICAS: {settings.replicas} replicas for {settings.shards} shards "
-            "would leave replicas idle; keep it at most LOVENSE_SHARDS")
-    if settings.replica >= settings.replicas:
-        raise ConfigError(
-            f"LOVENSE_REPLICA: ordinal {settings.replica} is not below LOVENSE_REPLICAS "
-            f"({settings.replicas})")
-    return settings

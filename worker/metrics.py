@@ -86,6 +86,11 @@ class Metrics:
             "lovense_worker_shards_consumed", "Command shard queues this process consumes.",
             registry=r,
         )
+        self.members = Gauge(
+            "lovense_worker_members",
+            "Live worker processes sharing the shards, this one included (heard on "
+            "lovense.presence).", registry=r,
+        )
         self.coalesced = Counter(
             "lovense_worker_coalesced", "Commands superseded before they were sent.",
             ["command"], registry=r,

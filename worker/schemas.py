@@ -209,11 +209,12 @@ def _events() -> list[tuple[str, str, dict[str, Any]]]:
                           lastSeenAt="2025-11-25T15:38:50.001Z")),
         event("forgotten", "A Forget command erased the user",
               UserForgotten(id="1b2c3d4e5f6a4b7c8d9e0f1a2b3c4d5e", **user, known=True)),
-        event("unreachable", "Replica 1's circuit for the user's app opened",
-              UserUnreachable(id="3d4e5f6a7b8c4d9e0f1a2b3c4d5e6f7a", **user, replica=1,
-                              cooldownS=30)),
-        event("reachable", "Replica 1's circuit closed again",
-              UserReachable(id="5f6a7b8c9d0e4f1a2b3c4d5e6f7a8b9c", **user, replica=1)),
+        event("unreachable", "One worker process's circuit for the user's app opened",
+              UserUnreachable(id="3d4e5f6a7b8c4d9e0f1a2b3c4d5e6f7a", **user,
+                              replica="lovense-worker-7d9c-4f2a8e1b", cooldownS=30)),
+        event("reachable", "That process's circuit closed again",
+              UserReachable(id="5f6a7b8c9d0e4f1a2b3c4d5e6f7a8b9c", **user,
+                            replica="lovense-worker-7d9c-4f2a8e1b")),
     ]
 
 
@@ -366,9 +367,9 @@ def _channels() -> dict[str, Any]:
             ["registrySnapshot", "marker"]),
         "presence": _exchange(
             topology.PRESENCE_EXCHANGE, "fanout", None,
-            "With LOVENSE_REPLICAS > 1 every replica announces itself here each second (on an "
-            "exclusive, server-named queue of its own), so a stand-in hands a shard back to "
-            "its returning owner.", ["presence"]),
+            "Every worker process announces itself here each second with the shards it holds "
+            "(and hears the others on an exclusive, server-named queue of its own); the live "
+            "members share the command shards out among themselves.", ["presence"]),
         "dead": _exchange(
             topology.DEAD_EXCHANGE, "fanout", None,
             "Every message the worker gives up on, unchanged, with x-lovense-error saying why.",
@@ -504,12 +505,24 @@ def _messages() -> dict[str, Any]:
             "summary": "Internal to the worker: one chunk of a registry snapshot (opaque).",
         },
         "presence": {
-            "name": "presence", "title": "Replica presence",
-            "summary": "An empty body naming the replica's ordinal; it expires after "
-                       f"{topology.PRESENCE_TTL_S:g} s.",
-            "headers": _headers([topology.REPLICA_HEADER], {topology.REPLICA_HEADER: {
-                "type": "integer", "minimum": 0, "description": "the replica's ordinal"}}),
-            "examples": [{"name": "replica-1", "headers": {topology.REPLICA_HEADER: 1}}],
+            "name": "presence", "title": "Member heartbeat",
+            "summary": "An empty body naming the member and the shards it holds; it expires "
+                       f"after {topology.PRESENCE_TTL_S:g} s.",
+            "headers": _headers([topology.MEMBER_HEADER, topology.HOLDING_HEADER], {
+                topology.MEMBER_HEADER: {
+                    "type": "string", "minLength": 1,
+                    "description": "the member: a process's own id (host name and a random "
+                                   "suffix)"},
+                topology.HOLDING_HEADER: {
+                    "type": "array", "items": {"type": "integer", "minimum": 0},
+                    "description": "the shards it consumes, or released whose deliveries "
+                                   "are still settling; nobody else takes them meanwhile"},
+                topology.LEAVING_HEADER: {
+                    "type": "boolean",
+                    "description": "on its last heartbeat after a clean shutdown: it leaves"}}),
+            "examples": [{"name": "member", "headers": {
+                topology.MEMBER_HEADER: "lovense-worker-7d9c-4f2a8e1b",
+                topology.HOLDING_HEADER: [1, 6]}}],
         },
         "deadLetter": {
             "name": "deadLetter", "title": "Dead letter",
@@ -623,11 +636,11 @@ _OPERATIONS: Final[dict[str, _Operation]] = {
         "Load the newest complete snapshot at start-up."),
     "announcePresence": _Operation(
         "send", "presence", ("presence",),
-        "Announce this replica every second (LOVENSE_REPLICAS > 1).",
+        "Announce this member and the shards it holds every second.",
         expiration_ms=int(topology.PRESENCE_TTL_S * 1000)),
     "hearPresence": _Operation(
         "receive", "presence", ("presence",),
-        "Hear returning owners and hand their shards back."),
+        "Hear the other members, and share the shards out among the live ones."),
     "requeueDead": _Operation(
         "receive", "deadQueue", ("deadLetter",),
         "`lovense-worker requeue-dead`: take dead letters and republish each to the exchange "

@@ -61,8 +61,8 @@ def one(path: str, kind: str, name: str | None = None) -> dict[str, Any]:
 
 
 def container(path: str) -> dict[str, Any]:
-    """Return the worker container of the StatefulSet."""
-    (worker,) = one(path, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    """Return the worker container of its Deployment."""
+    (worker,) = one(path, "Deployment", WORKER)["spec"]["template"]["spec"]["containers"]
     return worker  # type: ignore[no-any-return]
 
 
@@ -97,7 +97,7 @@ def _crds(resources: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
 
 
 _BASE = {("ServiceAccount", WORKER), ("ConfigMap", "lovense-worker-settings"),
-         ("Service", WORKER), ("StatefulSet", WORKER), ("PodDisruptionBudget", WORKER),
+         ("Service", WORKER), ("Deployment", WORKER), ("PodDisruptionBudget", WORKER),
          ("ServiceMonitor", WORKER), ("ScaledObject", WORKER),
          ("TriggerAuthentication", "lovense-worker-rabbitmq"),
          ("ServiceAccount", CALLBACKS), ("Deployment", CALLBACKS), ("Service", CALLBACKS),
@@ -128,11 +128,11 @@ def test_core_resources_pass_strict_kubernetes_schemas(path: str) -> None:
 
 def test_strict_validation_rejects_a_misspelt_field() -> None:
     """The Kubernetes schemas are really applied: a misspelt probe field fails them."""
-    statefulset = copy.deepcopy(one("overlays/example", "StatefulSet"))
-    worker = statefulset["spec"]["template"]["spec"]["containers"][0]
+    deployment = copy.deepcopy(one("overlays/example", "Deployment", WORKER))
+    worker = deployment["spec"]["template"]["spec"]["containers"][0]
     worker["livenessprobe"] = worker.pop("livenessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(statefulset, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
 def test_custom_resources_pass_their_crd_schemas() -> None:
@@ -163,7 +163,6 @@ def test_configmap_sets_every_setting_with_its_default() -> None:
     deviations = {
         "LOVENSE_DEVELOPER_TOKEN_FILE": "/var/run/secrets/lovense/developer-token",
         "LOVENSE_LOG_FORMAT": "json",
-        "LOVENSE_REPLICAS": data["LOVENSE_SHARDS"],
     }
     assert data == {s.env: deviations.get(s.env, s.default) for s in SETTINGS
                     if s.env not in FROM_SECRET}
@@ -171,7 +170,7 @@ def test_configmap_sets_every_setting_with_its_default() -> None:
 
 def test_worker_container_is_hardened_and_probed() -> None:
     """Non-root, read-only root, no privileges, /tmp in memory, probes on the metrics port."""
-    pod = one("overlays/example", "StatefulSet")["spec"]["template"]["spec"]
+    pod = one("overlays/example", "Deployment", WORKER)["spec"]["template"]["spec"]
     worker = container("overlays/example")
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -192,14 +191,14 @@ def test_worker_container_is_hardened_and_probed() -> None:
 
 def test_termination_grace_outlasts_the_shutdown_grace() -> None:
     """Kubernetes waits longer than LOVENSE_SHUTDOWN_GRACE_S before it kills the worker."""
-    pod = one("overlays/example", "StatefulSet")["spec"]["template"]["spec"]
+    pod = one("overlays/example", "Deployment", WORKER)["spec"]["template"]["spec"]
     grace = int(settings("overlays/example")["LOVENSE_SHUTDOWN_GRACE_S"])
     assert pod["terminationGracePeriodSeconds"] >= grace + 5
 
 
 def test_secrets_reach_the_worker_as_a_file_and_secret_refs() -> None:
     """The developer token is a mounted file; the AMQP URL and utoken key are Secret refs."""
-    pod = one("overlays/example", "StatefulSet")["spec"]["template"]["spec"]
+    pod = one("overlays/example", "Deployment", WORKER)["spec"]["template"]["spec"]
     worker = container("overlays/example")
     token_file = settings("overlays/example")["LOVENSE_DEVELOPER_TOKEN_FILE"]
     mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
@@ -218,7 +217,7 @@ def test_every_referenced_secret_and_configmap_exists() -> None:
     secrets = {d["metadata"]["name"]: set(d.get("data", {})) for d in resources
                if d["kind"] == "Secret"}
     maps = {d["metadata"]["name"] for d in resources if d["kind"] == "ConfigMap"}
-    pods = [one("overlays/example", "StatefulSet")["spec"]["template"]["spec"],
+    pods = [one("overlays/example", "Deployment", WORKER)["spec"]["template"]["spec"],
             one("overlays/example", "Deployment", CALLBACKS)["spec"]["template"]["spec"]]
     containers = [c for pod in pods for c in pod["containers"]]
     wanted = [(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
@@ -234,15 +233,15 @@ def test_every_referenced_secret_and_configmap_exists() -> None:
     assert all(pod["serviceAccountName"] in accounts for pod in pods)
 
 
-def test_keda_scales_the_statefulset_on_the_shard_backlog_within_the_shards() -> None:
-    """KEDA scales the StatefulSet on every shard queue, to at most LOVENSE_REPLICAS ≤ shards."""
+def test_keda_scales_the_deployment_on_the_shard_backlog_within_the_shards() -> None:
+    """KEDA scales the worker Deployment on every shard queue, to at most the shards."""
     scaled = one("overlays/example", "ScaledObject")["spec"]
     data = settings("overlays/example")
-    shards, replicas = int(data["LOVENSE_SHARDS"]), int(data["LOVENSE_REPLICAS"])
-    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                        "name": one("overlays/example", "StatefulSet")[
+    shards = int(data["LOVENSE_SHARDS"])
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": one("overlays/example", "Deployment", WORKER)[
                                             "metadata"]["name"]}
-    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= replicas <= shards
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= shards
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "rabbitmq"
     assert trigger["authenticationRef"]["name"] == one(
@@ -258,10 +257,9 @@ def test_keda_scales_the_statefulset_on_the_shard_backlog_within_the_shards() ->
 
 def test_service_pdb_and_monitor_select_the_worker_pods() -> None:
     """The Service, PodDisruptionBudget and ServiceMonitor all find the worker's pods."""
-    statefulset = one("overlays/example", "StatefulSet")
-    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    deployment = one("overlays/example", "Deployment", WORKER)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = one("overlays/example", "Service", WORKER)
-    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
     assert service["spec"]["selector"].items() <= labels.items()
     pdb = one("overlays/example", "PodDisruptionBudget", WORKER)["spec"]
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
@@ -310,7 +308,7 @@ def test_callback_container_is_hardened_and_probed_like_the_worker() -> None:
     """The same pod and container security context as the worker's, /tmp in memory, probes on
     the metrics port, requests and limits, and a grace period above its preStop pause."""
     pod = one("overlays/example", "Deployment", CALLBACKS)["spec"]["template"]["spec"]
-    worker_pod = one("overlays/example", "StatefulSet")["spec"]["template"]["spec"]
+    worker_pod = one("overlays/example", "Deployment", WORKER)["spec"]["template"]["spec"]
     endpoint = callbacks_container("overlays/example")
     assert pod["securityContext"] == worker_pod["securityContext"]
     assert endpoint["securityContext"] == container("overlays/example")["securityContext"]
@@ -386,7 +384,7 @@ def test_service_pdb_and_monitor_select_the_callback_pods_and_only_them() -> Non
     assert 1 <= pdb["minAvailable"] < deployment["spec"]["replicas"]
     (endpoint,) = one("overlays/example", "ServiceMonitor", CALLBACKS)["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
-    pods = {WORKER: one("overlays/example", "StatefulSet")["spec"]["template"]["metadata"][
+    pods = {WORKER: one("overlays/example", "Deployment", WORKER)["spec"]["template"]["metadata"][
         "labels"], CALLBACKS: labels}
     for kind, key in (("Service", "selector"), ("PodDisruptionBudget", "selector")):
         for d in (d for d in resources if d["kind"] == kind):

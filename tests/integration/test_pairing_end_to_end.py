@@ -45,8 +45,7 @@ async def test_a_user_pairs_through_the_callback_url_and_every_replica_learns_it
     uid = f"e2e-{uuid.uuid4().hex[:10]}"  # the callback log outlives tests: a new user
     async with Simulator(token=SIMULATOR_TOKEN, apps=[AppSpec(uid=uid)], strict_uids=True,
                          heartbeat_s=0.3) as sim:
-        settings = [worker_settings(sim, utoken_secret=SECRET, replicas=2, replica=n)
-                    for n in (0, 1)]
+        settings = [worker_settings(sim, utoken_secret=SECRET) for _ in (0, 1)]
         endpoint_settings = Settings(
             amqp_url=AMQP_URL, utoken_secret=SECRET, callback_host="127.0.0.1",
             callback_port=0, metrics_port=0, log_level="warning", log_format="json")

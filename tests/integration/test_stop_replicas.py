@@ -20,12 +20,11 @@ STEPS = 4
 
 @pytest.fixture
 async def two_replicas(sim: Simulator, clean_broker: None) -> AsyncIterator[list[WorkerProcess]]:
-    """Two worker processes sharing four shards, each consuming its own two."""
-    started = [WorkerProcess(sim, LOVENSE_REPLICAS="2", LOVENSE_REPLICA=str(n),
-                             LOVENSE_SHARDS="4", LOVENSE_SERVER_RATE="0.25",
+    """Two identical worker processes sharing four shards, two each."""
+    started = [WorkerProcess(sim, LOVENSE_SHARDS="4", LOVENSE_SERVER_RATE="0.25",
                              LOVENSE_SERVER_BURST="1", LOVENSE_BATCH_WINDOW_MS="0",
                              LOVENSE_SERVER_TIMEOUT_MS="5000", LOVENSE_SHUTDOWN_GRACE_S="2")
-               for n in range(2)]
+               for _ in range(2)]
     try:
         await asyncio.gather(*(r.start() for r in started))
 
@@ -33,8 +32,8 @@ async def two_replicas(sim: Simulator, clean_broker: None) -> AsyncIterator[list
             counts = [await r.metric("lovense_worker_shards_consumed") for r in started]
             return counts == [2.0, 2.0]
 
-        # Presence round: a stand-in that got a shard first hands it back to its owner.
-        await until(each_owns_two, 20, what="each replica consumes its own two shards")
+        # The two members hear each other and share the four shards out.
+        await until(each_owns_two, 20, what="each process consumes two shards")
         yield started
     finally:
         for replica in started:

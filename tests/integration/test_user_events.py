@@ -219,7 +219,7 @@ async def test_get_user_before_pairing_after_it_and_after_forget(
 async def test_unreachable_when_the_circuit_opens_and_reachable_when_it_closes(
     sim: Simulator, events: EventLog, producer: Producer
 ) -> None:
-    """The app going away opens this replica's circuit (user.unreachable, its ordinal), a LAN
+    """The app going away opens this process's circuit (user.unreachable, its member id), a LAN
     call that reaches it again closes it (user.reachable); GetUser shows the circuit."""
     uid, app = sim.apps[0].uid, sim.apps[0]
     settings = worker_settings(sim, utoken_secret=SECRET, breaker_failures=2,
@@ -245,10 +245,10 @@ async def test_unreachable_when_the_circuit_opens_and_reachable_when_it_closes(
                                     "timeSec": 2})
         [*_, reachable] = await events.wait(uid, 3)
     assert isinstance(unreachable, UserUnreachable)
-    assert (unreachable.replica, unreachable.cooldownS) == (0, 1)
+    assert (unreachable.replica, unreachable.cooldownS) == (worker.membership.me, 1)
     assert (opened.data["circuit"], opened.data["route"]) == ("open", "server")
     assert (back.via, back.fallback) == ("lan", False)
-    assert isinstance(reachable, UserReachable) and reachable.replica == 0
+    assert isinstance(reachable, UserReachable) and reachable.replica == worker.membership.me
     assert "domain" not in msgspec.json.encode(unreachable).decode()
 
 
@@ -307,8 +307,8 @@ async def test_two_replicas_publish_one_event_per_change(
     toys and expired from the replica validating callbacks, forgotten from the Forget's."""
     uid = sim.apps[0].uid
     clock = Clock()
-    one, two = (sweeping(Worker(worker_settings(sim, utoken_secret=SECRET, replicas=2,
-                                                replica=n), clock=clock)) for n in (0, 1))
+    one, two = (sweeping(Worker(worker_settings(sim, utoken_secret=SECRET), clock=clock))
+                for _ in (0, 1))
     async with one, two:
         both = (one, two)
         for body in (callback(sim, uid), callback(sim, uid), callback(sim, uid),

@@ -130,13 +130,6 @@ def test_log_format_follows_the_terminal(monkeypatch: pytest.MonkeyPatch) -> Non
     assert Settings.from_env({}).log_format == "console"
 
 
-def test_replica_defaults_to_the_hostname_ordinal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An empty LOVENSE_REPLICA is the hostname's -N suffix with several replicas, else 0."""
-    monkeypatch.setenv("HOSTNAME", "lovense-worker-3")
-    assert Settings.from_env({"LOVENSE_REPLICAS": "4"}).replica == 3
-    assert Settings.from_env({}).replica == 0
-
-
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -149,18 +142,12 @@ def test_replica_defaults_to_the_hostname_ordinal(monkeypatch: pytest.MonkeyPatc
          "LOVENSE_MAX_DELIVERIES: must be between 1 and 19, got 20"),
         ({"LOVENSE_WATERMARK_BYTES": "1048575"},
          "LOVENSE_WATERMARK_BYTES: must be between 1048576 and 1099511627776, got 1048575"),
-        ({"LOVENSE_REPLICA": "1024"}, "LOVENSE_REPLICA: must be between 0 and 1023, got 1024"),
         ({"LOVENSE_LOG_LEVEL": "trace"},
          "LOVENSE_LOG_LEVEL: must be one of debug, info, warning, error, got 'trace'"),
         ({"LOVENSE_ALLOW_UNVERIFIED_CALLBACKS": "yes"},
          "LOVENSE_ALLOW_UNVERIFIED_CALLBACKS: must be 0 or 1, got 'yes'"),
         ({"LOVENSE_PLATFORM": "a\tb"}, "LOVENSE_PLATFORM: must be a non-empty header value"),
         ({"LOVENSE_AMQP_URL": "nope"}, "LOVENSE_AMQP_URL: must be an amqp:// or amqps:// URL"),
-        ({"LOVENSE_REPLICAS": "5"},
-         "LOVENSE_REPLICAS: 5 replicas for 4 shards would leave replicas idle; keep it at most "
-         "LOVENSE_SHARDS"),
-        ({"LOVENSE_REPLICAS": "2", "LOVENSE_REPLICA": "2"},
-         "LOVENSE_REPLICA: ordinal 2 is not below LOVENSE_REPLICAS (2)"),
     ],
 )
 def test_refusals_keep_their_messages(env: dict[str, str], message: str) -> None:

@@ -13,7 +13,7 @@ from worker.metrics import Metrics
 from worker.services.events import PIPELINE, Claims, Events, claim_key
 
 GONE = UserForgotten(id="e1", uid="u1", at="2025-11-26T15:38:54.456Z", known=True)
-BACK = UserReachable(id="e2", uid="u1", at="2025-11-26T15:38:54.456Z", replica=1)
+BACK = UserReachable(id="e2", uid="u1", at="2025-11-26T15:38:54.456Z", replica="host-1a2b")
 
 
 class Clock:

@@ -84,7 +84,7 @@ def world(answers: list[Reply | UpstreamError] | None = None, **values: Any) -> 
     """Return a dispatcher with a registry (u1 paired at ADDRESS), breakers and an event sink."""
     fields: dict[str, Any] = {"lan_allow": (ipaddress.ip_network("192.168.0.0/16"),)} | values
     settings = Settings(developer_token=Secret("tok"), utoken_secret=Secret("s"),
-                        breaker_failures=1, replica=2, replicas=3, shards=4, **fields)
+                        breaker_failures=1, shards=4, **fields)
     clock = Clock()
     registry = Registry(3600, clock)
     registry.record(decode(msgspec.json.encode({
@@ -94,7 +94,7 @@ def world(answers: list[Reply | UpstreamError] | None = None, **values: Any) -> 
     published, upstream = Published(), FakeUpstream(answers)
     events = Events(published, Metrics())
     dispatcher = Dispatcher(settings, upstream, Metrics(), now=lambda: NOW, registry=registry,
-                            breakers=Breakers(1, 30, clock), events=events)
+                            breakers=Breakers(1, 30, clock), events=events, member="host-1a2b")
     return dispatcher, published, upstream, events
 
 
@@ -144,9 +144,9 @@ async def test_get_user_says_server_while_the_circuit_is_open_or_lan_is_off() ->
     assert Users(off._settings, off).describe("u1").data.route == "server"
 
 
-async def test_circuits_opening_and_closing_are_told_with_the_replica() -> None:
+async def test_circuits_opening_and_closing_are_told_with_the_member() -> None:
     """Opening the circuit publishes user.unreachable, the next call that lands user.reachable,
-    both with this replica's ordinal and no address."""
+    both with this process's member id and no address."""
     dispatcher, published, _, events = world([NotDelivered("refused")])
     stop = command_decoder.decode(b'{"command":"Stop","uids":["u1","u2"]}')
     await dispatcher.lan(stop, ADDRESS, uid="u1")
@@ -156,7 +156,8 @@ async def test_circuits_opening_and_closing_are_told_with_the_replica() -> None:
     await events.close()
     assert [type(e) for e in published.events] == [UserUnreachable, UserReachable]
     assert [(e.uid, e.replica) for e in published.events
-            if isinstance(e, UserUnreachable | UserReachable)] == [("u1", 2), ("u1", 2)]
+            if isinstance(e, UserUnreachable | UserReachable)] == [("u1", "host-1a2b"),
+                                                                   ("u1", "host-1a2b")]
     assert b"192" not in msgspec.json.encode(published.events)
 
 

@@ -26,15 +26,23 @@ STOP_LOG: Final = "lovense.stop.log"
 #: How far back the Stop log reaches: the longest a command may wait (ttlMs ≤ 1 h).
 STOP_LOG_MAX_AGE: Final = "1h"
 STOP_LOG_REPLAY_S: Final = 3600
-#: Replicas announce themselves here, so stand-ins hand shards back to returning owners.
+#: Worker processes announce themselves here (heartbeats), and so share the shards.
 PRESENCE_EXCHANGE: Final = "lovense.presence"
 #: Header of the marker a worker appends to the Stop log to know its replay has caught up.
 MARKER_HEADER: Final = "x-lovense-marker"
-#: The header of a presence message: the replica ordinal announcing itself.
-REPLICA_HEADER: Final = "x-lovense-replica"
-#: How often a replica announces itself, and how long an announcement counts.
+#: The headers of a heartbeat: the member announcing itself (a process's own id), the shards
+#: it holds (subscribed, or releasing while their deliveries settle), and, on its last one
+#: after a clean shutdown, that it leaves.
+MEMBER_HEADER: Final = "x-lovense-member"
+HOLDING_HEADER: Final = "x-lovense-holding"
+LEAVING_HEADER: Final = "x-lovense-leaving"
+#: How often a member announces itself, and how long an announcement counts.
 PRESENCE_INTERVAL_S: Final = 1.0
 PRESENCE_TTL_S: Final = 3.0
+#: A starting member listens this long before taking a shard (the others answer its first
+#: heartbeat at once), and no member takes one while its live set changed this recently.
+PRESENCE_LISTEN_S: Final = 1.0
+PRESENCE_STABLE_S: Final = 0.5
 
 #: Callbacks arrive on ``lovense.callbacks`` (fanout) and queue here, for one replica to check.
 CALLBACKS_QUEUE: Final = "lovense.callbacks"

@@ -97,16 +97,19 @@ class UserForgotten(_Event, tag="user.forgotten", kw_only=True):
 
 
 class UserUnreachable(_Event, tag="user.unreachable", kw_only=True):
-    """A replica's circuit for the user's app opened: its LAN calls go to the server for now."""
+    """A worker process's circuit for the user's app opened: its LAN calls go to the server for
+    now."""
 
-    replica: int
+    #: The worker process (its member id: host name and a random suffix).
+    replica: str
     cooldownS: int
 
 
 class UserReachable(_Event, tag="user.reachable", kw_only=True):
-    """A replica's circuit for the user's app closed: a LAN call reached the app again."""
+    """A worker process's circuit for the user's app closed: a LAN call reached the app again."""
 
-    replica: int
+    #: The worker process (its member id).
+    replica: str
 
 
 UserEvent = UserPaired | UserToys | UserExpired | UserForgotten | UserUnreachable | UserReachable

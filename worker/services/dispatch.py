@@ -106,8 +106,11 @@ class Dispatcher:
         breakers: Breakers | None = None,
         events: Events | None = None,
         report_toys: ReportToys | None = None,
+        member: str = "",
     ) -> None:
         self._settings = settings
+        #: This process's member id, named in its circuit events.
+        self._member = member
         self._upstream = upstream
         self._metrics = metrics
         self._now = now
@@ -265,11 +268,11 @@ class Dispatcher:
             self._metrics.child(self._metrics.circuits_open, "lan").set(self.breakers.open_count())
 
     def _circuit_changed(self, uid: str | None, *, opened: bool) -> None:
-        """Tell the platform that this replica's circuit for a user's app opened or closed."""
+        """Tell the platform that this process's circuit for a user's app opened or closed."""
         if self._events is None or uid is None:
             return
         at = rfc3339_s(self._now().timestamp())
-        ident, replica = uuid.uuid4().hex, self._settings.replica
+        ident, replica = uuid.uuid4().hex, self._member
         self._events.emit([
             UserUnreachable(id=ident, uid=uid, at=at, replica=replica,
                             cooldownS=self._settings.breaker_cooldown_s) if opened

@@ -152,8 +152,8 @@ class Runtime:
         self._batcher: Batcher[WorkJob] = Batcher(
             settings.batch_window_ms, settings.max_uids_per_call, clock_ms
         )
-        cap = Limit(settings.server_max_rps, max(1.0, settings.server_max_rps))
-        self._server_cap = TokenBucket(cap, clock_ms())
+        self._server_max_rps = settings.server_max_rps
+        self._server_cap = TokenBucket(self._server_cap_share(1), clock_ms())
         self._cap_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,6 +168,14 @@ class Runtime:
         self._users = users if users is not None else Users(settings, dispatcher, now=now)
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _server_cap_share(self, members: int) -> Limit:
+        rate = self._server_max_rps / max(1, members)
+        return Limit(rate, max(1.0, rate))
+
+    def share_server_cap(self, members: int) -> None:
+        """Take this process's share of the account-wide server-route cap among live members."""
+        self._server_cap = TokenBucket(self._server_cap_share(members), self._clock_ms())
 
     def start(self) -> None:
         """Start the scheduling loop."""

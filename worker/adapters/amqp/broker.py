@@ -4,7 +4,7 @@
 * :mod:`~worker.adapters.amqp.declare`: the topology, declared on every connect;
 * :mod:`~worker.adapters.amqp.settle`: every delivery handled and settled in one place;
 * :mod:`~worker.adapters.amqp.consumers`: the Stop lane and the command shards;
-* :mod:`~worker.adapters.amqp.presence`: replicas announcing themselves, shards handed back;
+* :mod:`~worker.adapters.amqp.presence`: members announcing themselves, shards moving between them;
 * :mod:`~worker.adapters.amqp.streams`: the Stop log followed by every replica;
 * :mod:`~worker.adapters.amqp.supervisor`: reconnecting after the broker goes away;
 * :mod:`~worker.adapters.amqp.publisher`: results, dead letters, Stop-log entries.
@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable
 
 from worker.adapters.amqp.consumers import Consumers
 from worker.adapters.amqp.link import Link
-from worker.adapters.amqp.presence import Presence
+from worker.adapters.amqp.presence import MembersFn, Presence
 from worker.adapters.amqp.publisher import Publisher
 from worker.adapters.amqp.settle import CrashFn, HandleFn, Settler
 from worker.adapters.amqp.streams import StopLog, StopLogFn
 from worker.adapters.amqp.supervisor import Supervisor
-from worker.core.assignment import Assignment
+from worker.core.assignment import Membership
 from worker.metrics import Metrics
 
 
@@ -33,20 +33,22 @@ class Broker:
     """Consume command shards and the Stop lane, follow the Stop log, and stay connected."""
 
     def __init__(self, link: Link, publisher: Publisher, *, prefetch: int,
-                 assignment: Assignment, metrics: Metrics, handle: HandleFn, crashed: CrashFn,
-                 on_stop: StopLogFn, resume: Callable[[], Awaitable[None]]) -> None:
+                 membership: Membership, metrics: Metrics, handle: HandleFn, crashed: CrashFn,
+                 on_stop: StopLogFn, on_members: MembersFn,
+                 resume: Callable[[], Awaitable[None]]) -> None:
         self._link = link
-        self._assignment = assignment
+        self._membership = membership
         self._resume = resume
         self._settler = Settler(link, publisher, metrics, handle, crashed)
         self._stop_log = StopLog(link, metrics, on_stop)
-        self._consumers = Consumers(link, self._settler, assignment, prefetch, metrics)
-        self._presence = Presence(link, assignment, metrics, self._consumers.hand_back)
+        self._consumers = Consumers(link, self._settler, prefetch, metrics)
+        self._presence = Presence(link, membership, self._consumers, metrics, on_members)
         self._supervisor = Supervisor(link, metrics, self._reconnect, self._forget)
 
     def ready(self) -> bool:
-        """Return whether the broker is connected and consuming every shard and the Stop lane."""
-        return self._link.connected() and self._consumers.complete()
+        """Return whether the broker is connected, consuming the Stop lane and sharing shards."""
+        return (self._link.connected() and self._consumers.complete()
+                and self._presence.joined.is_set())
 
     async def connect(self) -> None:
         """Connect and declare the topology."""
@@ -57,10 +59,10 @@ class Broker:
         await self._stop_log.follow()
 
     async def consume(self) -> None:
-        """Consume the Stop lane and the shards; with several replicas, announce this one."""
+        """Consume the Stop lane; join the members, who share the shards out."""
         await self._consumers.start()
-        if self._assignment.replicas > 1:
-            await self._presence.start()
+        await self._presence.start()
+        await self._presence.joined.wait()
 
     def supervise(self) -> None:
         """Reconnect by ourselves after the broker goes away (see the supervisor)."""
@@ -72,8 +74,14 @@ class Broker:
         await self._consumers.stop()
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for deliveries in progress; return how many remain."""
-        return await self._settler.drain(timeout)
+        """Wait up to ``timeout`` seconds for deliveries in progress; return how many remain.
+
+        With none left, say goodbye, so the others take this member's shards at once.
+        """
+        left = await self._settler.drain(timeout)
+        if not left:
+            await self._presence.leave()
+        return left
 
     async def close(self) -> None:
         """Close the connections (unacked deliveries return to their queues)."""
@@ -83,6 +91,7 @@ class Broker:
     def _forget(self) -> None:
         self._consumers.forget()
         self._presence.stop()
+        self._membership.rejoin()
 
     async def _reconnect(self) -> None:
         await self._link.connect()
