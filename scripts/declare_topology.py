@@ -28,8 +28,7 @@ from worker.contract import topology
 async def declare_topology(url: str, environ: dict[str, str] | None = None) -> None:
     """Declare every exchange, queue and stream a worker would on the broker at ``url``."""
     env = dict(os.environ if environ is None else environ)
-    env.update({"LOVENSE_AMQP_URL": url, "LOVENSE_METRICS_PORT": "0",
-                "LOVENSE_REPLICAS": "1", "LOVENSE_REPLICA": "0"})
+    env.update({"LOVENSE_AMQP_URL": url, "LOVENSE_METRICS_PORT": "0"})
     settings = Settings.from_env(env)
     client = LovenseClient(settings)  # never called: the worker needs one to be built
     worker = Worker(settings, client=client)

@@ -90,7 +90,7 @@ def test_token_file_must_hold_a_token(tmp_path: Path) -> None:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 #: Settings whose empty default is resolved at start-up rather than parsed to the field's default.
-_RESOLVED = {"LOVENSE_LOG_FORMAT", "LOVENSE_REPLICA"}
+_RESOLVED = {"LOVENSE_LOG_FORMAT"}
 
 
 def test_every_variable_is_named_after_its_attribute() -> None:
