@@ -6,12 +6,10 @@ tests fail (they do not skip): CI must not go green without a broker.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 import pytest
-import structlog
 
 from tests.integration.support import (
     AMQP_URL,
@@ -21,9 +19,9 @@ from tests.integration.support import (
     purge_topology,
     worker_settings,
 )
+from tests.logging_state import logging_restored
 from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
-from worker.logs import LIBRARY_LOGGERS
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 
 
@@ -31,16 +29,8 @@ from worker.simulator import SIMULATOR_TOKEN, Simulator
 def _restore_logging() -> Iterator[None]:
     """Undo what an in-process CLI call configured (`requeue-dead` logs to the test's stderr,
     which is closed once the test ends)."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    libraries = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, library_level in libraries.items():
-        logging.getLogger(name).setLevel(library_level)
+    with logging_restored():
+        yield
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ the node gauge, and passwords kept out of every repr, message and log."""
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterator
 
@@ -11,11 +10,11 @@ import pytest
 import structlog
 from prometheus_client import generate_latest
 
+from tests.logging_state import logging_restored
 from worker import cli
 from worker.config import Settings
 from worker.contract.errors import ConfigError
 from worker.core.brokers import Node, connect_order, parse_brokers, redact
-from worker.logs import LIBRARY_LOGGERS
 from worker.metrics import CallbackMetrics, Metrics
 
 THREE = ("amqp://bob:hunter2@rabbit-0:5672/prod,amqp://bob:hunter2@rabbit-1:5673/prod,"
@@ -24,16 +23,8 @@ THREE = ("amqp://bob:hunter2@rabbit-0:5672/prod,amqp://bob:hunter2@rabbit-1:5673
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    libraries = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, library_level in libraries.items():
-        logging.getLogger(name).setLevel(library_level)
+    with logging_restored():
+        yield
 
 
 def test_one_url_is_one_node_with_its_defaults() -> None:

@@ -14,6 +14,7 @@ import pytest
 import structlog
 from structlog.typing import EventDict
 
+from tests.logging_state import logging_restored
 from worker import cli, logs
 from worker.config import Secret, Settings
 from worker.core.bodies import utoken_for
@@ -22,21 +23,12 @@ from worker.logs import Redactor
 TOKEN = "tok-abcdef"
 UTOKEN_SECRET = "utoken-key-0123"
 R = "[redacted]"
-LIBRARIES = ("aio_pika", "aiormq", "aiohttp")
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    library_levels = {name: logging.getLogger(name).level for name in LIBRARIES}
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, library_level in library_levels.items():
-        logging.getLogger(name).setLevel(library_level)
+    with logging_restored():
+        yield
 
 
 def _redact(event: dict[str, Any], secrets: tuple[str, ...] = (TOKEN,)) -> EventDict:
