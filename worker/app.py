@@ -96,7 +96,8 @@ class Worker:
         self.health: HealthServer | None = None
         if settings.metrics_port:
             self.health = HealthServer(self.metrics.registry, self.broker.ready,
-                                       settings.metrics_host, settings.metrics_port)
+                                       settings.metrics_host, settings.metrics_port,
+                                       reason=self.broker.not_ready_reason)
 
     async def start(self) -> None:
         """Connect, declare, serve health, and start consuming."""

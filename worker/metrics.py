@@ -158,6 +158,11 @@ class Metrics:
         self.connected = Gauge(
             "lovense_worker_broker_connected", "1 while connected to RabbitMQ.", registry=r,
         )
+        self.blocked = Gauge(
+            "lovense_worker_broker_blocked",
+            "1 while RabbitMQ blocks any of the worker's connections (a memory or disk alarm): "
+            "command intake is paused until it unblocks.", registry=r,
+        )
         self.node = NodeInfo(Gauge(
             "lovense_worker_broker_node_info",
             "The RabbitMQ node (host:port) connected to: 1 while connected, 0 once lost.",

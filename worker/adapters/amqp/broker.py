@@ -46,9 +46,21 @@ class Broker:
         self._supervisor = Supervisor(link, metrics, self._reconnect, self._forget)
 
     def ready(self) -> bool:
-        """Return whether the broker is connected, consuming the Stop lane and sharing shards."""
+        """Return whether the broker is connected, consuming the Stop lane and sharing shards,
+        and not blocked by a broker alarm."""
         return (self._link.connected() and self._consumers.complete()
-                and self._presence.joined.is_set())
+                and self._presence.joined.is_set() and not self._link.alarms.blocked)
+
+    def not_ready_reason(self) -> str | None:
+        """Return why :meth:`ready` is false, when there is a reason worth telling."""
+        blocked = self._link.alarms.reason()
+        if blocked is not None:
+            return blocked
+        if not self._link.connected():
+            return "not connected to RabbitMQ"
+        if not (self._consumers.complete() and self._presence.joined.is_set()):
+            return "not consuming yet"
+        return None
 
     async def connect(self) -> None:
         """Connect and declare the topology."""

@@ -5,6 +5,11 @@ a time as membership decides (:mod:`~worker.adapters.amqp.presence`); the
 prefetch is split over the shards this process owns when it takes one. Releasing
 a shard cancels its consumer and returns only once every delivery it took has
 settled, so the next owner starts after the last of them (per-uid order).
+
+While RabbitMQ blocks the worker (a broker alarm, :mod:`~worker.adapters.amqp.alarms`)
+a command delivery waits before it reaches the settler: its result could not be
+published, so no new work starts. It stays unacked (the prefetch bounds how many
+wait) and is handled once the alarm clears. The Stop lane never waits.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class Consumers:
             assert task is not None
             taken.taking.add(task)
             try:
+                if not self._link.alarms.clear.is_set():
+                    await self._link.alarms.clear.wait()
                 await self._settler.on_command(message)
             finally:
                 taken.taking.discard(task)

@@ -27,6 +27,7 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from worker.adapters.amqp.alarms import Alarms
 from worker.adapters.amqp.declare import declare
 from worker.adapters.amqp.nodes import connect, connect_first
 from worker.core.brokers import Brokers, Node
@@ -68,6 +69,8 @@ class Link:
         self._closing = False
         #: Set when a connection closes under us (never by :meth:`close`).
         self.lost = asyncio.Event()
+        #: Whether RabbitMQ blocks either connection (a memory or disk alarm).
+        self.alarms = Alarms(metrics)
 
     @property
     def session(self) -> Session:
@@ -101,6 +104,7 @@ class Link:
         self._session = Session(connection, stop_connection, publisher,
                                 results=exchanges.results, dead=exchanges.dead,
                                 events=exchanges.events)
+        self.alarms.watch([connection, stop_connection])
         self._metrics.connected.set(1)
         self._metrics.node.connected(node.name)
         log.info("broker_connected", node=node.name)
@@ -129,6 +133,7 @@ class Link:
     async def close(self) -> None:
         """Close for good: unacked deliveries return to their queues."""
         self._closing = True
+        await self.alarms.close()
         await self.close_connections()
         self._metrics.connected.set(0)
         self._metrics.node.lost()

@@ -25,9 +25,10 @@ class HealthServer:
     """Serve Prometheus metrics, liveness (the loop answers) and readiness (consuming)."""
 
     def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], host: str,
-                 port: int) -> None:
+                 port: int, reason: Callable[[], str | None] | None = None) -> None:
         self._registry = registry
         self._ready = ready
+        self._reason = reason
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -56,4 +57,8 @@ class HealthServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         if self._ready():
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+        body = {"status": "not ready"}
+        reason = self._reason() if self._reason is not None else None
+        if reason:
+            body["reason"] = reason
+        return web.json_response(body, status=503)
