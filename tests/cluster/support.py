@@ -10,9 +10,14 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+
+from worker.contract import topology
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SCRIPT: Final = ROOT / "scripts" / "rabbitmq-cluster.sh"
@@ -110,3 +115,14 @@ def start() -> Cluster:
 def stop() -> None:
     """Stop every node and the private epmd, each by its PID."""
     run("stop", timeout=120)
+
+
+async def listen_to_results(connection: AbstractConnection,
+                            on_result: Callable[[AbstractIncomingMessage], Awaitable[None]],
+                            ) -> None:
+    """Consume every result (``lovense.results``, ``#``) on ``connection`` into ``on_result``."""
+    channel = await connection.channel()
+    results = await channel.get_exchange(topology.RESULTS_EXCHANGE)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(results, routing_key="#")
+    await queue.consume(on_result, no_ack=True)

@@ -15,10 +15,9 @@ import msgspec
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from tests.cluster.support import NODES, SHARDS, Cluster
+from tests.cluster.support import NODES, SHARDS, Cluster, listen_to_results
 from tests.integration.support import WorkerProcess
 from worker.adapters.amqp.producer import Producer
-from worker.contract import topology
 from worker.contract.messages import Result, result_decoder
 from worker.simulator import Simulator
 
@@ -67,11 +66,7 @@ async def test_memory_alarm_pauses_and_resumes(cluster: Cluster, sim: Simulator)
     await worker.start()
     try:
         async with await aio_pika.connect(cluster.url(1)) as connection:
-            channel = await connection.channel()
-            results = await channel.get_exchange(topology.RESULTS_EXCHANGE)
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await queue.bind(results, routing_key="#")
-            await queue.consume(on_result, no_ack=True)
+            await listen_to_results(connection, on_result)
 
             sim.set_faults(delay_ms=DELAY_MS)
             async with Producer(cluster.url(3)) as producer:

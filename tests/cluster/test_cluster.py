@@ -25,7 +25,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from tests.cluster import support
-from tests.cluster.support import NODES, SHARDS, Cluster, node_name
+from tests.cluster.support import NODES, SHARDS, Cluster, listen_to_results, node_name
 from tests.integration.support import WorkerProcess
 from worker.adapters.amqp.producer import Producer
 from worker.contract import topology
@@ -164,11 +164,7 @@ async def test_worker_answers_through_a_cluster_node(cluster: Cluster, sim: Simu
     try:
         await worker.start()
         async with await aio_pika.connect(cluster.url(1)) as connection:
-            channel = await connection.channel()
-            results = await channel.get_exchange(topology.RESULTS_EXCHANGE)
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await queue.bind(results, routing_key="#")
-            await queue.consume(on_result, no_ack=True)
+            await listen_to_results(connection, on_result)
             ident = f"cluster-{uuid.uuid4()}"
             async with Producer(cluster.url(3)) as producer:
                 await producer.publish({"command": "Function", "uid": "cluster-user",
