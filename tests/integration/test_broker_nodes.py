@@ -22,9 +22,8 @@ import httpx
 import msgspec
 import pytest
 
-from tests.integration.support import SHARDS, WorkerProcess, free_port, until
+from tests.integration.support import SHARDS, WorkerProcess, free_port, purge_topology, until
 from tests.integration.test_callback_endpoint import endpoint_settings
-from worker.adapters.amqp.declare import declare
 from worker.adapters.amqp.nodes import NoNodeAnswered, connect_first
 from worker.adapters.amqp.producer import Producer
 from worker.contract import topology
@@ -59,13 +58,8 @@ def vhost() -> Iterator[str]:
 
 @pytest.fixture
 async def topology_declared(vhost: str) -> None:
-    """The worker's topology in the vhost, its shard queues empty."""
-    connection = await aio_pika.connect(LIVE)
-    async with connection:
-        channel = await connection.channel()
-        await declare(channel, SHARDS)
-        for index in range(SHARDS):
-            await (await channel.get_queue(topology.shard_queue(index))).purge()
+    """The worker's topology in the vhost, its shard and dead-letter queues empty."""
+    await purge_topology(LIVE)
 
 
 @pytest.fixture
