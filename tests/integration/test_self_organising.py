@@ -22,8 +22,10 @@ EIGHT = 8
 USERS = [f"member-user-{n}" for n in range(40)]
 #: Between two rounds (one command per user): about 400 commands a second.
 ROUND_S = 0.1
+# Each round is `stopPrevious: 0`, queued per uid: a key queue of 1,000 holds the backlog of a
+# handover pause (about 4 s, 40 rounds) where the default 16 would drop the oldest, by design.
 SAME = {"LOVENSE_SHARDS": str(EIGHT), "LOVENSE_BATCH_WINDOW_MS": "0",
-        "LOVENSE_SERVER_RATE": "100", "LOVENSE_SERVER_BURST": "100"}
+        "LOVENSE_SERVER_RATE": "100", "LOVENSE_SERVER_BURST": "100", "LOVENSE_KEY_QUEUE": "1000"}
 
 
 async def drop_extra_shards() -> None:

@@ -3,10 +3,12 @@ with, as the README's table for producers says (no broker: the exchanges are fak
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
 import aio_pika
+import pytest
 
 from worker.adapters.amqp.producer import Producer, routing_key_for
 from worker.contract import topology
@@ -83,3 +85,41 @@ def test_routing_keys_fit_an_amqp_short_string() -> None:
         b"m" * 256).hexdigest()
     assert routing_key_for({"uids": ["a", "b"]}) == "a"
     assert routing_key_for({}) == "-"
+
+
+class SilentExchange(FakeExchange):
+    """An exchange whose broker never confirms: the publish ends only at its timeout."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.timeouts: list[float] = []
+
+    async def publish(self, message: aio_pika.Message, routing_key: str, **kwargs: Any) -> None:
+        self.timeouts.append(kwargs["timeout"])
+        await asyncio.wait_for(asyncio.Event().wait(), kwargs["timeout"])
+
+
+class FakeConnection:
+    is_closed = False
+
+    async def close(self) -> None:
+        self.is_closed = True
+
+
+async def test_a_confirm_that_never_comes_raises_and_moves_to_a_new_connection() -> None:
+    """A publish waits `confirm_timeout` for its confirm, then raises TimeoutError naming the
+    id and what to do, and the producer leaves that connection (reconnecting by itself)."""
+    made = Producer("amqp://guest:guest@127.0.0.1:9/", confirm_timeout=0.05)
+    commands = SilentExchange(topology.COMMANDS_EXCHANGE)
+    made._exchange, made._stop_exchange = commands, FakeExchange(topology.STOP_EXCHANGE)  # type: ignore[assignment]
+    connection = FakeConnection()
+    made._connection = connection  # type: ignore[assignment]
+    made._up.set()
+    with pytest.raises(TimeoutError, match="did not confirm message cmd-7 within 0.05 s; "
+                                           "publish it again with the same id"):
+        await made.publish({"command": "Function", "uid": "u", "id": "cmd-7",
+                            "action": "Vibrate:5"})
+    assert commands.timeouts == [0.05]
+    assert made._exchange is None and made._reconnecting is not None
+    await made.close()
+    assert connection.is_closed

@@ -9,7 +9,11 @@ The URL may list a cluster's nodes, comma-separated. The producer reconnects
 by itself, to any node of the list, after its connection drops: a call waiting
 for a result then raises :class:`ConnectionError` (its reply queue is gone
 with the connection), and a publish waits up to ``reconnect_timeout`` seconds
-for the next connection.
+for the next connection. A publish waits at most ``confirm_timeout`` seconds for
+the broker's confirm (a quorum queue losing its leader can hold one back): it
+then raises :class:`TimeoutError` and the producer moves to a new connection.
+The command may or may not have been taken; publishing it again with the same
+id is safe, the worker answers a repeated id once.
 """
 
 from __future__ import annotations
@@ -87,10 +91,12 @@ class Producer:
     """Publish Lovense commands to ``lovense.commands`` and optionally await their results."""
 
     def __init__(self, url: str = "amqp://guest:guest@localhost:5672/", *,
-                 reconnect_timeout: float = 30.0, rng: random.Random | None = None) -> None:
+                 reconnect_timeout: float = 30.0, confirm_timeout: float = 30.0,
+                 rng: random.Random | None = None) -> None:
         #: One URL or a cluster's nodes, comma-separated; ValueError names a bad entry.
         self._brokers = parse_brokers(url)
         self._reconnect_timeout = reconnect_timeout
+        self._confirm_timeout = confirm_timeout
         self._rng = rng or random.Random()
         self._node: Node | None = None
         self._connection: AbstractConnection | None = None
@@ -233,16 +239,27 @@ class Producer:
         target = self._stop_exchange if is_stop(mapping) else self._exchange
         if exchange is not None:
             target = await self._channel_exchange(exchange)
+        connection = self._connection
         try:
             await self._publish(target, body, ident, reply_to, all_headers,
-                                routing_key or routing_key_for(mapping, ident))
+                                routing_key or routing_key_for(mapping, ident),
+                                self._confirm_timeout)
         except aiormq.exceptions.ChannelInvalidStateError as exc:
             raise ConnectionError(f"the channel closed while publishing ({exc})") from exc
+        except TimeoutError:
+            # A channel whose confirm never came is not trusted again: a new connection.
+            if connection is not None and connection is self._connection:
+                log.warning("producer_confirm_timeout", message_id=ident,
+                            timeout_s=self._confirm_timeout)
+                self._lost(connection)
+            raise TimeoutError(f"RabbitMQ did not confirm message {ident} within "
+                               f"{self._confirm_timeout:g} s; publish it again with the same "
+                               "id (the worker answers a repeated id once)") from None
         return ident
 
     @staticmethod
     async def _publish(target: AbstractExchange, body: bytes, ident: str, reply_to: str | None,
-                       headers: dict[str, Any], routing_key: str) -> None:
+                       headers: dict[str, Any], routing_key: str, timeout: float) -> None:
         await target.publish(
             aio_pika.Message(
                 body,
@@ -254,6 +271,7 @@ class Producer:
                 headers=headers,
             ),
             routing_key=routing_key,
+            timeout=timeout,
         )
 
     async def _channel_exchange(self, name: str) -> AbstractExchange:
