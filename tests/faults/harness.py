@@ -9,20 +9,30 @@ the simulator's log and counts what the suite promises never happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+
 from tests.integration.support import ResultLog
+from worker.adapters.amqp.nodes import NoNodeAnswered, connect_first
 from worker.adapters.amqp.producer import Producer
-from worker.contract.messages import Result
+from worker.contract import topology
+from worker.contract.messages import Result, result_decoder
 from worker.contract.topology import PUBLISHED_MS_HEADER
+from worker.core.brokers import parse_brokers
 from worker.simulator import Simulator
 
 TERMINAL = {"ok", "failed", "invalid", "superseded", "expired", "dropped"}
 #: Requests take a moment from leaving the worker to arriving at the simulator.
 TRANSIT_SLACK_MS = 100
+#: What each scenario found, printed as the fault table at the end of the run.
+REPORTS: list[Report] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +55,18 @@ class Load:
 
 
 async def publish_load(producer: Producer, scenario: str, commands: int, users: int,
-                       ttl_ms: int, rate_per_s: float) -> Load:
-    """Publish the load at a steady rate: mostly Functions, one Stop in 25."""
+                       ttl_ms: int, rate_per_s: float, *,
+                       until: asyncio.Event | None = None) -> Load:
+    """Publish the load at a steady rate: mostly Functions, one Stop in 25.
+
+    With ``until``, publish until it is set (``commands`` is then the most it publishes).
+    """
     load, rng = Load(), random.Random(scenario)
     gap = 1.0 / rate_per_s
     started = time.monotonic()
     for n in range(commands):
+        if until is not None and until.is_set():
+            break
         uid = f"{scenario}-u{rng.randrange(users)}"
         ident = f"{scenario}-{n}"
         if n % 25 == 24:
@@ -102,12 +118,16 @@ class Report:
     after_stop: int
     lost: int
     repeated_results: int
+    #: The longest time (ms) no request of the scenario reached Lovense while its commands
+    #: were being sent: how long consumption paused.
+    pause_ms: int
 
     def row(self) -> str:
         statuses = " ".join(f"{k}={v}" for k, v in sorted(self.by_status.items()))
-        return (f"{self.scenario:<18} {self.commands:>6}  {statuses:<58} dead={self.dead:<3} "
+        return (f"{self.scenario:<24} {self.commands:>6}  {statuses:<58} dead={self.dead:<3} "
                 f"dup={self.duplicates}({self.explained_duplicates} explained) "
-                f"late={self.late} after-stop={self.after_stop} lost={self.lost}")
+                f"late={self.late} after-stop={self.after_stop} lost={self.lost} "
+                f"pause={self.pause_ms / 1000:.1f}s")
 
 
 def check(scenario: str, load: Load, results: ResultLog, sim: Simulator,
@@ -122,11 +142,14 @@ def check(scenario: str, load: Load, results: ResultLog, sim: Simulator,
 
     calls: dict[tuple[str, float], list[int]] = {}
     stop_arrivals: dict[str, int] = {}
+    arrived: list[int] = []
     for request in sim.requests:
         body = request.body
         if not isinstance(body, dict) or request.side != "server":
             continue
         uid = str(body.get("uid", ""))
+        if uid.startswith(f"{scenario}-u") or f",{scenario}-u" in uid:
+            arrived.append(request.received_ms)
         if body.get("action") == "Stop":
             toy = str(body.get("toy", ""))
             stop_arrivals[toy] = min(stop_arrivals.get(toy, request.received_ms),
@@ -156,8 +179,14 @@ def check(scenario: str, load: Load, results: ResultLog, sim: Simulator,
         scenario=scenario, commands=len(load.sent), by_status=by_status, dead=len(dead_ids),
         duplicates=duplicates, explained_duplicates=explained, late=late,
         after_stop=after_stop, lost=lost,
-        repeated_results=0,
+        repeated_results=0, pause_ms=longest_gap(arrived),
     )
+
+
+def longest_gap(times_ms: list[int]) -> int:
+    """Return the longest gap between consecutive times (0 for fewer than two)."""
+    ordered = sorted(times_ms)
+    return max((b - a for a, b in zip(ordered, ordered[1:], strict=False)), default=0)
 
 
 def _after_stop(sent: Sent, arrivals: list[int], stops: list[Sent],
@@ -181,3 +210,105 @@ async def wait_for_all(results: ResultLog, load: Load, timeout: float) -> None:
         if all(s.ident in results.by_id for s in load.sent):
             return
         await asyncio.sleep(0.2)  # this condition's poll; missing results are counted as lost
+
+
+class DurableResults(ResultLog):
+    """Results through a durable queue, so a broker restart loses none; counts repeats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.all: dict[str, list[Result]] = {}
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        # Acked once recorded: with no_ack, results already sent to this consumer when the
+        # broker stopped were lost with the connection, and counted against the worker.
+        try:
+            result = result_decoder.decode(message.body)
+        except msgspec.ValidationError:
+            result = None
+        if result is not None:
+            self.counts[result.id] = self.counts.get(result.id, 0) + 1
+            self.all.setdefault(result.id, []).append(result)
+            await super().on_message(message)
+        with contextlib.suppress(Exception):  # a channel lost mid-ack: it comes again
+            await message.ack()
+
+
+async def follow_results(urls: str, log: DurableResults, queue_name: str,
+                         ready: asyncio.Event) -> None:
+    """Consume every result into ``log`` through a durable quorum queue, reconnecting to any
+    node of ``urls`` (a ``LOVENSE_AMQP_URL`` list) whenever the connection is lost.
+
+    Runs until cancelled; ``ready`` is set once the queue is first bound.
+    """
+    brokers, rng, last = parse_brokers(urls), random.Random(), None
+    while True:
+        try:
+            connection, last = await connect_first(brokers, "fault-suite-results", rng,
+                                                   last=last, timeout=3)
+        except NoNodeAnswered:
+            await asyncio.sleep(0.5)  # deliberate timing: a careful consumer's retry pause
+            continue
+        try:
+            await _consume_until_lost(connection, log, queue_name, ready)
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError):
+            await asyncio.sleep(0.5)  # deliberate timing: the node went away mid-setup
+        finally:
+            with contextlib.suppress(Exception):  # already closed by the broker
+                await connection.close()
+
+
+async def _consume_until_lost(connection: AbstractConnection, log: DurableResults,
+                              queue_name: str, ready: asyncio.Event) -> None:
+    lost = asyncio.Event()
+    connection.close_callbacks.add(lambda *_: lost.set())
+    channel = await connection.channel()
+    channel.close_callbacks.add(lambda *_: lost.set())
+    exchange = await channel.get_exchange(topology.RESULTS_EXCHANGE)
+    queue = await channel.declare_queue(
+        queue_name, durable=True, arguments={"x-queue-type": "quorum"})
+    await queue.bind(exchange, routing_key="#")
+    await queue.consume(log.on_message)
+    ready.set()
+    await lost.wait()
+
+
+async def dead_ids(url: str) -> set[str]:
+    """Return the ids in lovense.dead (taking them), each checked to say why it is there."""
+    connection = await aio_pika.connect(url)
+    found: set[str] = set()
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.DEAD_QUEUE)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            assert topology.ERROR_HEADER in (message.headers or {})
+            if message.message_id:
+                found.add(message.message_id)
+    return found
+
+
+def assert_promises(report: Report, load: Load, results: DurableResults, *,
+                    killed: bool) -> None:
+    """Assert what the suite promises for every scenario, and record its row."""
+    REPORTS.append(report)
+    statuses = {results.by_id[s.ident].status for s in load.sent if s.ident in results.by_id}
+    assert statuses <= TERMINAL
+    assert report.lost == 0, report.row()
+    assert report.duplicates == report.explained_duplicates, report.row()
+    assert (report.late, report.after_stop) == (0, 0), report.row()
+    # A repeat comes only from a redelivery (an ack lost with a killed worker or a closed
+    # connection) or a producer's retry, and says the same as the first, but redelivered.
+    # After a SIGKILL the new process has no memory of what was in flight: those may
+    # run again and answer differently (counted above as explained duplicates). A Stop is
+    # never answered from memory: a redelivered or re-published one is sent again, so only
+    # its times and attempts may differ.
+    for sent in load.sent if not killed else ():
+        answers = results.all.get(sent.ident, [])
+        for repeat in answers[1:]:
+            first = answers[0]
+            if sent.stop:
+                repeat = msgspec.structs.replace(
+                    repeat, receivedAt=first.receivedAt, completedAt=first.completedAt,
+                    attempts=first.attempts)
+            assert repeat == msgspec.structs.replace(first, redelivered=repeat.redelivered)

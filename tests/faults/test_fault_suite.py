@@ -10,57 +10,31 @@ a later Stop for its key. The table is printed at the end of the run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
-import msgspec
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from tests.faults.harness import (
-    TERMINAL,
+    DurableResults,
     Report,
+    assert_promises,
     check,
+    dead_ids,
     publish_load,
     wait_for_all,
 )
-from tests.integration.support import AMQP_URL, ResultLog, WorkerProcess
+from tests.integration.support import AMQP_URL, WorkerProcess
 from worker.adapters.amqp.producer import Producer
 from worker.contract import topology
-from worker.contract.messages import Result, result_decoder
 from worker.simulator import Simulator
 
 COMMANDS = 1500
 USERS = 150
 RATE = 500.0
 TTL_MS = 8000
-REPORTS: list[Report] = []
-
-
-class DurableResults(ResultLog):
-    """Results through a durable queue, so a broker restart loses none; counts repeats."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-        self.all: dict[str, list[Result]] = {}
-
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        # Acked once recorded: with no_ack, results already sent to this consumer when the
-        # broker stopped were lost with the connection, and counted against the worker.
-        try:
-            result = result_decoder.decode(message.body)
-        except msgspec.ValidationError:
-            result = None
-        if result is not None:
-            self.counts[result.id] = self.counts.get(result.id, 0) + 1
-            self.all.setdefault(result.id, []).append(result)
-            await super().on_message(message)
-        with contextlib.suppress(Exception):  # a channel lost mid-ack: it comes again
-            await message.ack()
 
 
 @pytest.fixture
@@ -76,19 +50,6 @@ async def durable_results(clean_broker: None) -> AsyncIterator[DurableResults]:
         await queue.consume(log.on_message)
         yield log
         await queue.delete(if_unused=False, if_empty=False)
-
-
-async def dead_ids() -> set[str]:
-    connection = await aio_pika.connect(AMQP_URL)
-    found: set[str] = set()
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.get_queue(topology.DEAD_QUEUE)
-        while (message := await queue.get(no_ack=True, fail=False)) is not None:
-            assert topology.ERROR_HEADER in (message.headers or {})
-            if message.message_id:
-                found.add(message.message_id)
-    return found
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -130,29 +91,9 @@ async def run_scenario(name: str, sim: Simulator, results: DurableResults, fault
     finally:
         for worker in workers:
             await worker.signal(signal.SIGTERM)
-    report = check(name, load, results, sim, await dead_ids(), killed)
+    report = check(name, load, results, sim, await dead_ids(AMQP_URL), killed)
     report.repeated_results = sum(1 for s in load.sent if results.counts.get(s.ident, 0) > 1)
-    REPORTS.append(report)
-    statuses = {results.by_id[s.ident].status for s in load.sent if s.ident in results.by_id}
-    assert statuses <= TERMINAL
-    assert report.lost == 0, report.row()
-    assert report.duplicates == report.explained_duplicates, report.row()
-    assert (report.late, report.after_stop) == (0, 0), report.row()
-    # A repeat comes only from a redelivery (an ack lost with a killed worker or a closed
-    # connection) or a producer's retry, and says the same as the first, but redelivered.
-    # After a SIGKILL the new process has no memory of what was in flight: those may
-    # run again and answer differently (counted above as explained duplicates). A Stop is
-    # never answered from memory: a redelivered or re-published one is sent again, so only
-    # its times and attempts may differ.
-    for sent in load.sent if not killed else ():
-        answers = results.all.get(sent.ident, [])
-        for repeat in answers[1:]:
-            first = answers[0]
-            if sent.stop:
-                repeat = msgspec.structs.replace(
-                    repeat, receivedAt=first.receivedAt, completedAt=first.completedAt,
-                    attempts=first.attempts)
-            assert repeat == msgspec.structs.replace(first, redelivered=repeat.redelivered)
+    assert_promises(report, load, results, killed=killed)
     return report
 
 
