@@ -68,13 +68,18 @@ HEARTBEAT_USERS: Final = 1_000  # LAN users re-posting their callback once a min
 APP_HEARTBEAT_S: Final = 10.0
 TTL_MS: Final = 60_000
 TARGET_GROWTH_PCT: Final = 5.0
+#: The memory of finished ids is a bounded cache (default 100,000 ids, ~60 MB full): at
+#: half capacity it would still be filling when the slopes start. The soak looks for creep,
+#: not for a cache filling, so it keeps 20,000 (full within ~4 minutes at >= 85 cmd/s);
+#: the samples show it full (`recent_ids`).
+RECENT_IDS: Final = 20_000
 SEED: Final = 20260514
 #: The mix: kind -> weight (of 100). Callbacks come on top, at their own rate.
 MIX: Final = {"server": 55, "multi": 5, "lan": 15, "paired": 5, "toys": 5, "qr": 5, "stop": 10}
 #: The capacity probe leaves out what depends on earlier traffic (Stops of commanded users,
 #: the 8 paired apps' own uids: their per-uid LAN budget would pace the burst).
 PROBE_KINDS: Final = ("server", "multi", "lan", "toys", "qr")
-FIGURES: Final = ("rss_mb", "fds", "tasks", "series", "p99_ms")
+FIGURES: Final = ("rss_mb", "fds", "tasks", "series", "p99_ms", "recent_ids", "stop_marks")
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
@@ -274,8 +279,12 @@ async def _sample(worker: Proc, t: float, got: SoakCollector, since: int) -> dic
     upto = len(got.latencies)
     window = sorted(got.latencies[since:upto])
     tasks = metric(text, "lovense_worker_asyncio_tasks")
+    recent = metric(text, "lovense_worker_recent_ids")
+    marks = metric(text, "lovense_worker_stop_watermarks")
     return {"t_s": round(t, 1), "rss_mb": rounded(worker.memory_kb().get("VmRSS", 0) / 1024, 1),
             "fds": fds, "tasks": None if tasks is None else int(tasks),
+            "recent_ids": None if recent is None else int(recent),
+            "stop_marks": None if marks is None else int(marks),
             "series": sum(1 for line in text.splitlines() if line and line[0] != "#") or None,
             "p99_ms": rounded(percentile(window, 0.99), 1), "results": len(window),
             "upto": upto}
@@ -390,7 +399,7 @@ async def run(h: Harness) -> Outcome:
     env = h.worker_env(sim, extra={
         "LOVENSE_LAN_ALLOW": "127.0.0.1/32,10.0.0.0/8", "LOVENSE_LAN_CA_FILE": event["caFile"],
         "LOVENSE_UTOKEN_SECRET": secret.decode(), "LOVENSE_SERVER_MAX_RPS": "1000000",
-        "LOVENSE_DEFAULT_TTL_MS": str(TTL_MS)})
+        "LOVENSE_DEFAULT_TTL_MS": str(TTL_MS), "LOVENSE_RECENT_IDS": str(RECENT_IDS)})
     ttl_s = Settings.from_env(env).lan_ttl_s
     await reset_streams(h.opts.amqp_url, redeclare=ttl_s)
     await callbacks_queue(h.opts.amqp_url, ttl_s)
@@ -473,12 +482,13 @@ def _table(data: dict[str, Any]) -> list[str]:
                    "commands in {capacity[span_s]} s); soak {steady[rate_per_s]} cmd/s + "
                    "{mix[callbacks_per_s]} callbacks/s for {plan[duration_s]} s, worker "
                    "connections closed every {plan[close_every_s]} s")
-    lines.append("   t s  RSS MB   fds  tasks  series  p99 ms")
+    lines.append("   t s  RSS MB   fds  tasks  series  p99 ms  recent ids  Stop marks")
     for s in data["samples"]:
         if round(s["t_s"]) % 60 < SAMPLE_S:  # a row a minute
             lines.append(f"{s['t_s']:6.0f} {fmt(s['rss_mb'], '7.1f')} {fmt(s['fds'], '5d')} "
                          f"{fmt(s['tasks'], '6d')} {fmt(s['series'], '7d')} "
-                         f"{fmt(s['p99_ms'], '7.1f')}")
+                         f"{fmt(s['p99_ms'], '7.1f')} {fmt(s.get('recent_ids'), '11d')} "
+                         f"{fmt(s.get('stop_marks'), '11d')}")
     lines.append(f"slopes from {data['plan']['slope_from_s']:.0f} s: figure, fitted start, "
                  "end, per minute, growth")
     for name in FIGURES:

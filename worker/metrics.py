@@ -178,6 +178,22 @@ class Metrics:
             registry=r,
         )
         self.tasks.set_function(running_tasks)
+        # Bounded memories, read at scrape: full is their steady state, not a leak.
+        self.recent_ids = Gauge(
+            "lovense_worker_recent_ids",
+            "Finished command ids remembered to answer a repeat (at most LOVENSE_RECENT_IDS).",
+            registry=r,
+        )
+        self.recent_bytes = Gauge(
+            "lovense_worker_recent_bytes",
+            "Estimated memory of the remembered finished ids (at most LOVENSE_RECENT_BYTES).",
+            registry=r,
+        )
+        self.stop_marks = Gauge(
+            "lovense_worker_stop_watermarks",
+            "Stop watermarks kept (each user's latest Stops, for the Stop log's hour).",
+            registry=r,
+        )
 
 
 class CallbackMetrics:

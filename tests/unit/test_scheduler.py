@@ -7,6 +7,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -454,3 +455,25 @@ def test_a_stop_message_seen_before_changes_nothing_for_any_user() -> None:
     assert s.watermark("a", None) is None and s.watermark("b", None) is None
     assert s.remote_stop("s2@1", ["a", "b"], None, clock.ms, "s2") == []
     assert (s.watermark("a", None), s.watermark("b", None)) == ((clock.ms, "s2"), (clock.ms, "s2"))
+
+
+def test_routes_are_remembered_for_the_route_memory_only() -> None:
+    """The routes a uid used are kept for `route_memory_ms` (what a Stop asks about), not for
+    the watermarks' hour: 10,000 uids commanded once leave nothing behind a minute later."""
+    s, clock = make(server=Limit(rate=1e9, burst=1e9), route_memory_ms=60_000.0)
+    for n in range(10_000):
+        s.submit(job(f"j{n}", uid=f"u{n}", route="server" if n % 2 else "lan"))
+        for sent in s.poll().send:
+            s.settled(sent)
+    assert s.recent_routes("u1", 60_000.0) == ["server"]
+    assert s.recent_routes("u2", 60_000.0) == ["lan"]
+    clock.ms += 30_000
+    s.poll()
+    assert s.recent_routes("u1", 60_000.0) == ["server"]
+    assert s.recent_routes("u1", 10_000.0) == []
+    clock.ms += 40_000
+    s.poll()  # housekeeping runs (every 10 s of the clock) and forgets them
+    assert len(s._last_route) == 0
+    assert s.recent_routes("u1", 60_000.0) == []
+    with pytest.raises(ValueError, match="remembered for 60000 ms, not 3.6e"):
+        s.recent_routes("u1", 3_600_000.0)

@@ -107,6 +107,9 @@ class Limits:
     key_queue: int = 16
     watermark_ttl_ms: float = 3_600_000.0
     watermark_bytes: int = 32 * 1024 * 1024
+    #: How long the routes a uid's calls used are remembered (``recent_routes``' widest
+    #: window): per-uid state kept longer than it is ever read is memory that creeps.
+    route_memory_ms: float = 60_000.0
 
 
 def overlaps(a: Toys, b: Toys) -> bool:
@@ -151,7 +154,11 @@ class Scheduler(Generic[W]):
         return self._pending + sum(len(s) for s in self._stops.values())
 
     def recent_routes(self, uid: str, within_ms: float) -> list[Route]:
-        """Return the routes this uid's calls used within the last ``within_ms``."""
+        """Return the routes this uid's calls used within the last ``within_ms`` (at most
+        ``Limits.route_memory_ms``: older use is forgotten)."""
+        if within_ms > self._limits.route_memory_ms:
+            raise ValueError(f"routes are remembered for {self._limits.route_memory_ms:g} ms, "
+                             f"not {within_ms:g}")
         now = self._clock()
         used = self._last_route.get(uid, {})
         return [route for route, at in used.items() if now - at <= within_ms]
@@ -445,7 +452,7 @@ class Scheduler(Generic[W]):
         self._housekeeping_at = now + _HOUSEKEEPING_MS
         for bucket_key in [k for k, b in self._buckets.items() if b.full(now)]:
             del self._buckets[bucket_key]
-        horizon = now - self._limits.watermark_ttl_ms
-        self._marks.expire(horizon)
-        for uid in [u for u, r in self._last_route.items() if max(r.values()) < horizon]:
+        self._marks.expire(now - self._limits.watermark_ttl_ms)
+        forget = now - self._limits.route_memory_ms
+        for uid in [u for u, r in self._last_route.items() if max(r.values()) < forget]:
             del self._last_route[uid]

@@ -146,6 +146,7 @@ class Runtime:
             lan=Limit(settings.lan_rate, settings.lan_burst),
             key_queue=settings.key_queue,
             watermark_bytes=settings.watermark_bytes,
+            route_memory_ms=RECENT_ROUTE_MS,
         )
         self._caps = settings.caps
         self.scheduler: Scheduler[Work] = Scheduler(limits, clock_ms)
@@ -160,6 +161,9 @@ class Runtime:
         self._messages: set[_Message] = set()
         self._loop: asyncio.Task[None] | None = None
         self._recent = Recent(settings.recent_ids, settings.recent_bytes)
+        metrics.recent_ids.set_function(self._recent.__len__)
+        metrics.recent_bytes.set_function(lambda: self._recent.size_bytes)
+        metrics.stop_marks.set_function(self.scheduler.watermarks.__len__)
         self._stops: deque[WorkJob] = deque()
         self._wide_stops: deque[WorkJob] = deque()
         self._stop_runners = 0
