@@ -26,7 +26,7 @@ from tests.faults.harness import (
     publish_load,
     wait_for_all,
 )
-from tests.integration.support import AMQP_URL, WorkerProcess
+from tests.integration.support import AMQP_URL, WorkerProcess, close_worker_connections
 from worker.adapters.amqp.producer import Producer
 from worker.contract import topology
 from worker.simulator import Simulator
@@ -55,20 +55,6 @@ async def durable_results(clean_broker: None) -> AsyncIterator[DurableResults]:
 def rabbitmqctl(*args: str) -> str:
     return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True,
                           timeout=120).stdout
-
-
-def close_worker_connections() -> int:
-    listing = rabbitmqctl("list_connections", "pid", "client_properties",
-                          "--no-table-headers", "-q")
-    names = [line.split("\t", 1)[0] for line in listing.splitlines()
-             if "lovense-worker" in line]
-    closed = 0
-    for name in names:
-        # A connection may already be gone (or reconnecting) between list and close.
-        done = subprocess.run(["rabbitmqctl", "close_connection", name, "fault suite"],
-                              capture_output=True, timeout=60)
-        closed += done.returncode == 0
-    return closed
 
 
 Fault = Callable[[Simulator, list[WorkerProcess]], Awaitable[None]]

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -283,3 +284,23 @@ async def ready_messages(names: list[str]) -> dict[str, int]:
             result = queue.declaration_result
             counts[name] = int(result.message_count or 0)
         return counts
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+def close_worker_connections() -> int:
+    """Close, from the 5672 broker, every connection a worker opened; return how many."""
+    listing = _rabbitmqctl("list_connections", "pid", "client_properties",
+                          "--no-table-headers", "-q")
+    names = [line.split("\t", 1)[0] for line in listing.splitlines()
+             if "lovense-worker" in line]
+    closed = 0
+    for name in names:
+        # A connection may already be gone (or reconnecting) between list and close.
+        done = subprocess.run(["rabbitmqctl", "close_connection", name, "fault suite"],
+                              capture_output=True, timeout=60)
+        closed += done.returncode == 0
+    return closed
