@@ -48,7 +48,11 @@ FinishStatus = Literal["superseded", "expired", "dropped"]
 _SWEEPABLE: Final = frozenset({"replace", "queue"})
 #: Classes kept in order in a queue of at most ``key_queue`` per key (oldest dropped).
 _BOUNDED: Final = frozenset({"queue", "ordered"})
-_SEEN_STOPS: Final = 100_000
+#: Stop messages remembered by key, so one read back from the Stop log after it was handled
+#: here changes nothing. It comes back within seconds; forgetting one sooner costs only a
+#: repeated Stop call (a Stop wins more, never less). 100,000 kept ~28 MB (about 280 bytes
+#: a Stop) filling for the better part of an hour at 35 Stops/s; 10,000 cover ~5 minutes.
+_SEEN_STOPS: Final = 10_000
 _HOUSEKEEPING_MS: Final = 10_000.0
 #: The deadline heap is rebuilt once it holds this many more entries than pending jobs.
 _STALE_DEADLINES: Final = 1024
