@@ -187,12 +187,22 @@ await_node() {
 }
 
 # Join node N to c1: stop its app, join, start it again (start_app returns once it runs).
+# RabbitMQ 3.10 now and then aborts a join while another node joins at the same moment
+# (mnesia's schema_prepare): the node is reset and the join tried again, up to 3 times.
 join() {
-  local n="$1"
+  local n="$1" try
   ctl "$n" await_startup --timeout "$boot_timeout" >/dev/null
-  ctl "$n" stop_app >/dev/null
-  ctl "$n" join_cluster "$(node 1)" >/dev/null
-  ctl "$n" start_app >/dev/null
+  for try in 1 2 3; do
+    ctl "$n" stop_app >/dev/null
+    if ctl "$n" join_cluster "$(node 1)" >/dev/null 2>"$(node_dir "$n")/join.err"; then
+      ctl "$n" start_app >/dev/null
+      return 0
+    fi
+    say "$(node "$n") could not join (try $try): $(head -c 300 "$(node_dir "$n")/join.err")"
+    ctl "$n" reset >/dev/null 2>&1 || true
+    sleep "$try"
+  done
+  die "$(node "$n") could not join $(node 1) (see $(node_dir "$n")/join.err)"
 }
 
 # Run "$@" once per node in the background; fail if any failed.

@@ -49,7 +49,7 @@ RATE = 200.0
 TTL_MS = 8000
 MOST_COMMANDS = 40_000
 #: Load before the fault hits and after it ends.
-AROUND_S = 2.0
+AROUND_S = 1.0
 
 Fault = Callable[[Cluster, WorkerProcess], Awaitable[None]]
 _NODE_INFO = re.compile(r'^lovense_worker_broker_node_info\{node="[^"]*:(\d+)"\} 1\.0$')
@@ -116,20 +116,20 @@ async def shard_leaders(cluster: Cluster, asked: int) -> dict[str, str]:
 
 async def kill_connected(cluster: Cluster, worker: WorkerProcess) -> None:
     """SIGKILL the node the worker is connected to; it moves to another; the node returns
-    after 10 s."""
+    after about 6 s."""
     victim = await until_connected(worker, lambda n: n is not None, 10, "connected")
     assert victim is not None
     await cli("kill", str(victim))
     await until_connected(worker, lambda n: n not in (None, victim), 30,
                           f"the worker moves off node {victim}")
-    await asyncio.sleep(8)  # deliberate fault timing: the node stays dead for about 10 s
+    await asyncio.sleep(4)  # deliberate fault timing: the node stays dead for about 6 s
     await cli("start-node", str(victim))
     await until_whole(cluster)
 
 
 async def kill_shard_leader(cluster: Cluster, worker: WorkerProcess) -> None:
     """SIGKILL the node leading the most shard queues; each elects a leader on the other
-    two; the node returns after 10 s."""
+    two; the node returns after about 6 s."""
     leaders = await shard_leaders(cluster, 1)
     victim = max(NODES, key=lambda n: sum(node == node_name(n) for node in leaders.values()))
     survivors = {node_name(n) for n in NODES if n != victim}
@@ -139,7 +139,7 @@ async def kill_shard_leader(cluster: Cluster, worker: WorkerProcess) -> None:
                   .values()) <= survivors:
         assert time.monotonic() < deadline, "the shard queues elect no leader on the others"
         await asyncio.sleep(0.5)  # this condition's poll: each try is a CLI round trip
-    await asyncio.sleep(5)  # deliberate fault timing: the node stays dead for about 10 s
+    await asyncio.sleep(2)  # deliberate fault timing: the node stays dead for about 6 s
     await cli("start-node", str(victim))
     await until_whole(cluster)
 
