@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bench import broadcast, callbacks, flood, registry, soak, stops, throughput
+from bench import broadcast, callbacks, flood, registry, soak, stops, throughput, tracing
 from bench.harness import Harness, Options, Scenario
 from bench.procs import ROOT, BenchError
 from worker.adapters.amqp.nodes import connect_first
@@ -40,6 +40,7 @@ SCENARIOS: Final[dict[str, tuple[Scenario, str]]] = {
     "callbacks": (callbacks.run, "callback POSTs/s with confirms: endpoint vs bare aiohttp"),
     "heartbeats": (callbacks.run_heartbeats, "100,000 users' callbacks a minute: workers' CPU"),
     "soak": (soak.run, "30 min of mixed traffic at half capacity, connections closed: slopes"),
+    "tracing": (tracing.run, "the scheduler load: worker before tracing vs tracing off vs on"),
 }
 #: Run only when named (``--scenario``): a repeat of ``registry``, and the 30-minute soak.
 OPT_IN: Final = frozenset({"registry_after", "soak"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import socket
 import time
@@ -36,6 +37,7 @@ from worker.services.events import Claims, Events
 from worker.services.pairing import Pairing
 from worker.services.runtime import Runtime
 from worker.services.users import Users
+from worker.tracing import Tracing
 
 log = structlog.get_logger("worker.app")
 
@@ -59,17 +61,20 @@ class Worker:
         *,
         client: LovenseClient | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.tracing = tracing if tracing is not None else Tracing(
+            trace_uids=settings.trace_uids, api_base=settings.api_base)
         self._client = client or LovenseClient(settings)
         # The registry's clock (epoch seconds) decides freshness and expiry.
         self.registry = Registry(settings.lan_ttl_s, clock)
         self.pairing = Pairing(settings, self.registry, self.metrics, clock=clock,
                                claims=Claims())
         link = Link(settings.brokers, settings.shards, self.metrics)
-        publisher = Publisher(link, self.metrics)
+        publisher = Publisher(link, self.metrics, self.tracing)
         self.events = Events(publisher.publish_event, self.metrics)
         self.registry_log = RegistryLog(link, self.pairing, settings.lan_ttl_s,
                                         settings.snapshot_interval_s, self.metrics,
@@ -78,11 +83,13 @@ class Worker:
         breakers = Breakers(settings.breaker_failures, settings.breaker_cooldown_s, time.monotonic)
         dispatcher = Dispatcher(settings, self._client, self.metrics, registry=self.registry,
                                 breakers=breakers, events=self.events,
-                                report_toys=self.registry_log.announce_toys, member=member)
+                                report_toys=self.registry_log.announce_toys, member=member,
+                                tracing=self.tracing)
         users = Users(settings, dispatcher, events=self.events,
                       announce_forget=self.registry_log.announce_forget)
         self.runtime = Runtime(settings, dispatcher, self.metrics,
-                               announce_stop=publisher.announce_stop, users=users)
+                               announce_stop=publisher.announce_stop, users=users,
+                               tracing=self.tracing)
         self.membership = Membership(
             member, settings.shards, ttl_s=topology.PRESENCE_TTL_S,
             listen_s=topology.PRESENCE_LISTEN_S, stable_s=topology.PRESENCE_STABLE_S,
@@ -92,7 +99,7 @@ class Worker:
                              handle=self.runtime.handle, crashed=self.runtime.crashed,
                              on_stop=self.runtime.remote_stop,
                              on_members=self.runtime.share_server_cap,
-                             resume=self.registry_log.resume)
+                             resume=self.registry_log.resume, tracing=self.tracing)
         self.health: HealthServer | None = None
         if settings.metrics_port:
             self.health = HealthServer(self.metrics.registry, self.broker.ready,
@@ -137,6 +144,8 @@ class Worker:
         await self._client.aclose()
         if self.health is not None:
             await self.health.stop()
+        if self.tracing.enabled:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports what is buffered
         log.info("worker_stopped")
 
     async def __aenter__(self) -> Worker:
@@ -154,6 +163,7 @@ async def serve(
     settings: Settings,
     *,
     metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
     started: Callable[[Worker], Awaitable[None]] | None = None,
 ) -> int:
     """Run a worker until SIGTERM or SIGINT, then shut down gracefully; return the exit code.
@@ -162,7 +172,10 @@ async def serve(
     user there); the worker is stopped gracefully if it raises.
     """
     stopping = stop_requested()
-    worker = Worker(settings, metrics=metrics)
+    if tracing is None:
+        tracing = Tracing.from_environ(os.environ, trace_uids=settings.trace_uids,
+                                       api_base=settings.api_base)
+    worker = Worker(settings, metrics=metrics, tracing=tracing)
     await worker.start()
     if started is not None:
         try:

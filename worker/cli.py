@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 import msgspec
+from opentelemetry import context as otel_context
 
-from worker import logs
+from worker import logs, tracing
 from worker.config import VARIABLES, Settings
 from worker.contract import topology
 from worker.contract.errors import ConfigError
@@ -94,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         '"action": "Vibrate:5", "timeSec": 3}\' (- reads stdin)',
     )
     publish.add_argument("--amqp-url", default=None, metavar="LOVENSE_AMQP_URL")
+    publish.add_argument(
+        "--traceparent", default=os.environ.get("TRACEPARENT"), metavar="TRACEPARENT",
+        help="W3C trace context the command continues (default: $TRACEPARENT, as otel-cli "
+        "and CI tracers set it); the worker's spans join that trace")
     publish.add_argument("--routing-key", default=None,
                          help="default: the command's uid; for uids, the message id")
     publish.add_argument("--wait", action="store_true", help="wait for the result and print it")
@@ -172,6 +178,7 @@ def _configure_logs(settings: Settings) -> None:
         secrets=(settings.developer_token.reveal(), settings.utoken_secret.reveal(),
                  *passwords),
         utoken_hex=bool(settings.utoken_secret),
+        trace_ids=tracing.wanted(os.environ),
     )
 
 
@@ -203,6 +210,10 @@ async def _publish(args: argparse.Namespace) -> int:
     except msgspec.DecodeError as exc:
         print(f"lovense-worker publish: the command is not valid JSON ({exc})", file=sys.stderr)
         return 2
+    if args.traceparent:
+        # The producer injects the current context: this one, when it is valid trace context.
+        otel_context.attach(tracing.extract({tracing.TRACEPARENT: args.traceparent,
+                                             tracing.TRACESTATE: os.environ.get("TRACESTATE")}))
     async with Producer(_amqp_url(args)) as producer:
         if not args.wait:
             ident = await producer.publish(raw, routing_key=args.routing_key)

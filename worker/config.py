@@ -319,6 +319,10 @@ class Settings:
     stop_retry_s: int = _int(
         "LOVENSE_STOP_RETRY_S", 30, 0, 3600, "s",
         "how long a Stop keeps retrying before its result is `failed`")
+    trace_uids: bool = _declare(
+        "LOVENSE_TRACE_UIDS", False, "0", _flag, "0/1",
+        "put the uid of a single-user command on its trace spans (`lovense.uid`); tracing "
+        "itself is on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see Tracing)")
     allow_unverified_callbacks: bool = _declare(
         "LOVENSE_ALLOW_UNVERIFIED_CALLBACKS", False, "0", _flag, "0/1",
         "accept callbacks without a verifiable utoken when `LOVENSE_UTOKEN_SECRET` is unset "

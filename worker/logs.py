@@ -41,6 +41,8 @@ import msgspec
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from worker.tracing import add_trace_ids
+
 #: Libraries kept at WARNING or above unless the level is debug.
 LIBRARY_LOGGERS: Final = ("aio_pika", "aiormq", "aiohttp")
 
@@ -229,16 +231,19 @@ class _RootHandler(logging.StreamHandler[TextIO]):
 
 def configure(
     fmt: str, level: str, secrets: Iterable[str] = (), *, utoken_hex: bool = False,
+    trace_ids: bool = False,
 ) -> None:
     """Configure structlog and stdlib logging for the whole process; calling again replaces.
 
     *utoken_hex* hides every run of 64 lowercase hex digits: set it when a
-    utoken secret is configured.
+    utoken secret is configured. *trace_ids* adds ``trace_id`` and ``span_id`` of the
+    current span to every event inside a traced command (set it when tracing is on).
     """
     numeric: int = logging.getLevelName(level.upper())
     # Everything that adds text (stacks, tracebacks) runs before the redactor.
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        *([add_trace_ids] if trace_ids else []),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 
 from tests.deploy.support import DEPLOY, ROOT, cli_accepts, load_json, load_yaml, npm_file
+from worker import tracing
 from worker.config import Settings
 
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -48,10 +49,10 @@ def published(service: dict[str, Any]) -> dict[int, int]:
     return {int(inside): int(outside) for outside, inside in pairs}
 
 
-def test_compose_runs_rabbitmq_worker_callbacks_prometheus_and_grafana() -> None:
-    """The stack has its five services; rabbitmq keeps the name and ports `make run` uses."""
+def test_compose_runs_rabbitmq_worker_callbacks_prometheus_grafana_and_jaeger() -> None:
+    """The stack has its six services; rabbitmq keeps the name and ports `make run` uses."""
     stack = services()
-    assert set(stack) == {"rabbitmq", "worker", "callbacks", "prometheus", "grafana"}
+    assert set(stack) == {"rabbitmq", "worker", "callbacks", "prometheus", "grafana", "jaeger"}
     assert {"5672:5672", "15672:15672"} <= set(stack["rabbitmq"]["ports"])
     started = re.findall(r"docker-compose\.yml\" up -d (\S+)",
                          (ROOT / "scripts" / "ensure-rabbitmq.sh").read_text())
@@ -74,12 +75,14 @@ def test_every_bind_mount_source_exists() -> None:
 
 def test_worker_service_runs_with_the_simulator_read_only() -> None:
     """The worker runs `run --simulator` (the simulator listens on loopback only), read-only,
-    with a /tmp tmpfs, after RabbitMQ is healthy, against the rabbitmq service."""
+    with a /tmp tmpfs, after RabbitMQ is healthy and Jaeger started, against the rabbitmq
+    service."""
     worker = services()["worker"]
     assert worker["command"] == ["run", "--simulator"]
     assert worker["read_only"] is True
     assert [t.split(":")[0] for t in worker["tmpfs"]] == ["/tmp"]
-    assert worker["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert worker["depends_on"] == {"rabbitmq": {"condition": "service_healthy"},
+                                    "jaeger": {"condition": "service_started"}}
     assert worker["environment"]["LOVENSE_AMQP_URL"] == "amqp://guest:guest@rabbitmq:5672/"
     assert worker["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert int(worker["stop_grace_period"].removesuffix("s")) > 20
@@ -87,14 +90,15 @@ def test_worker_service_runs_with_the_simulator_read_only() -> None:
 
 def test_callbacks_service_runs_the_endpoint_from_the_worker_image() -> None:
     """`callbacks` (a real subcommand) from the same build and image as the worker, hardened
-    the same way, after RabbitMQ is healthy, checking utokens with the worker's key."""
+    the same way, after RabbitMQ is healthy and Jaeger started, checking utokens with the
+    worker's key."""
     stack = services()
     worker, endpoint = stack["worker"], stack["callbacks"]
     assert endpoint["command"] == ["callbacks"] and cli_accepts(endpoint["command"])
     assert (endpoint["build"], endpoint["image"]) == (worker["build"], worker["image"])
     for key in ("read_only", "tmpfs", "cap_drop", "security_opt", "stop_grace_period"):
         assert endpoint[key] == worker[key], key
-    assert endpoint["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+    assert endpoint["depends_on"] == worker["depends_on"]
     env, worker_env = endpoint["environment"], worker["environment"]
     assert env["LOVENSE_AMQP_URL"] == worker_env["LOVENSE_AMQP_URL"]
     assert env["LOVENSE_UTOKEN_SECRET"] and env["LOVENSE_UTOKEN_SECRET"] == worker_env[
@@ -119,6 +123,52 @@ def test_callbacks_service_publishes_its_ports_and_checks_readiness() -> None:
     assert test[:3] == ["CMD", "python", "-c"] and "curl" not in test
     assert f"http://127.0.0.1:{loaded.metrics_port}/readyz" in test[3]
     compile(test[3], "healthcheck", "exec")
+
+
+def lovense_worker_services() -> dict[str, dict[str, Any]]:
+    """Return the services that run the lovense-worker image (built from deploy/Dockerfile)."""
+    return {name: s for name, s in services().items()
+            if s.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
+
+
+def test_jaeger_service_receives_otlp_and_publishes_its_ui_on_loopback() -> None:
+    """Jaeger all-in-one, a pinned release, with its OTLP receiver on, publishes its UI (16686)
+    and OTLP HTTP (4318) on 127.0.0.1 only."""
+    jaeger = services()["jaeger"]
+    image, _, tag = jaeger["image"].partition(":")
+    assert image == "jaegertracing/all-in-one"
+    assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", tag), tag
+    assert jaeger["environment"] == {"COLLECTOR_OTLP_ENABLED": "true"}
+    assert sorted(jaeger["ports"]) == ["127.0.0.1:16686:16686", "127.0.0.1:4318:4318"]
+
+
+def test_every_lovense_worker_service_exports_traces_to_jaeger() -> None:
+    """The worker and the callback endpoint send OTLP to the jaeger service, which turns their
+    tracing on, each under its own service name, and start after Jaeger."""
+    stack = lovense_worker_services()
+    assert set(stack) == {"worker", "callbacks"}
+    for service in stack.values():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env
+        assert tracing.wanted(env) is True
+        assert service["depends_on"]["jaeger"] == {"condition": "service_started"}
+    assert {name: s["environment"]["OTEL_SERVICE_NAME"] for name, s in stack.items()} == {
+        "worker": "lovense-worker", "callbacks": "lovense-callbacks"}
+
+
+def test_prometheus_keeps_its_flags_and_stores_exemplars() -> None:
+    """Prometheus runs with exemplar storage on, besides its config file and TSDB path."""
+    assert services()["prometheus"]["command"] == [
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus",
+        "--enable-feature=exemplar-storage",
+    ]
+
+
+def test_grafana_starts_after_the_data_sources_it_provisions() -> None:
+    """Grafana depends on the prometheus and jaeger services its data sources point at."""
+    assert services()["grafana"]["depends_on"] == ["prometheus", "jaeger"]
 
 
 def test_dockerfile_builds_a_wheel_then_a_slim_runtime() -> None:

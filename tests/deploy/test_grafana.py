@@ -128,3 +128,38 @@ def test_provisioning_loads_the_dashboard_from_where_compose_mounts_it() -> None
     assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
     assert "9090:9090" in load_yaml(DEPLOY / "docker-compose.yml")["services"]["prometheus"][
         "ports"]
+
+
+def datasource(name: str) -> dict[str, Any]:
+    """Return the only data source a provisioning file under datasources/ defines."""
+    (source,) = load_yaml(GRAFANA / "provisioning" / "datasources" / name)["datasources"]
+    return source  # type: ignore[no-any-return]
+
+
+def test_jaeger_datasource_points_at_the_jaeger_service_ui_port() -> None:
+    """Grafana provisions a Jaeger data source with the fixed uid `jaeger`, through its proxy,
+    at the compose service's query port (16686)."""
+    source = datasource("jaeger.yml")
+    assert (source["name"], source["uid"], source["type"], source["access"], source["url"]) == (
+        "Jaeger", "jaeger", "jaeger", "proxy", "http://jaeger:16686")
+    assert "127.0.0.1:16686:16686" in load_yaml(DEPLOY / "docker-compose.yml")["services"][
+        "jaeger"]["ports"]
+
+
+def test_prometheus_datasource_links_exemplar_trace_ids_to_jaeger() -> None:
+    """The Prometheus data source turns an exemplar's trace_id label into a link to the trace
+    in the Jaeger data source, named by that data source's uid."""
+    jaeger = datasource("jaeger.yml")
+    assert datasource("prometheus.yml")["jsonData"]["exemplarTraceIdDestinations"] == [
+        {"name": "trace_id", "datasourceUid": jaeger["uid"]}]
+
+
+def test_every_datasource_file_is_in_the_mounted_provisioning_folder() -> None:
+    """The Prometheus and Jaeger data source files sit in the folder compose mounts at
+    /etc/grafana/provisioning, each with a distinct uid."""
+    folder = GRAFANA / "provisioning" / "datasources"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["jaeger.yml", "prometheus.yml"]
+    grafana = load_yaml(DEPLOY / "docker-compose.yml")["services"]["grafana"]
+    assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert sorted(datasource(name)["uid"] for name in files) == ["jaeger", "prometheus"]

@@ -32,6 +32,7 @@ from tests.deploy.support import (
     run,
     tool,
 )
+from worker import tracing
 from worker.config import SETTINGS
 from worker.contract import topology
 from worker.endpoint import settings_from_env
@@ -159,7 +160,7 @@ def test_crd_validation_rejects_a_wrong_type() -> None:
 
 def test_configmap_sets_every_setting_with_its_default() -> None:
     """The settings ConfigMap lists every LOVENSE_* variable not taken from the Secret."""
-    data = settings("base")
+    data = {k: v for k, v in settings("base").items() if k.startswith("LOVENSE_")}
     assert set(data) | FROM_SECRET == {s.env for s in SETTINGS}
     assert not set(data) & FROM_SECRET
     # Deliberate differences from the defaults, each explained in settings.env.
@@ -169,6 +170,47 @@ def test_configmap_sets_every_setting_with_its_default() -> None:
     }
     assert data == {s.env: deviations.get(s.env, s.default) for s in SETTINGS
                     if s.env not in FROM_SECRET}
+
+
+def test_configmap_leaves_tracing_off_and_names_the_worker() -> None:
+    """Besides LOVENSE_*, the ConfigMap sets only OTEL_SERVICE_NAME (no OTLP endpoint: tracing
+    stays off until an overlay sets one) and LOVENSE_TRACE_UIDS at 0 (no uids on spans)."""
+    for path in ("base", "overlays/example"):
+        data = settings(path)
+        assert {k: v for k, v in data.items() if not k.startswith("LOVENSE_")} == {
+            "OTEL_SERVICE_NAME": "lovense-worker"}
+        assert data["LOVENSE_TRACE_UIDS"] == "0"
+        assert tracing.wanted(data) is False
+
+
+def test_no_container_turns_tracing_on() -> None:
+    """Neither Deployment's containers set an OTLP endpoint; the callback endpoint's names its
+    own service in traces, as in docker-compose.yml."""
+    for name in (WORKER, CALLBACKS):
+        pod = one("overlays/example", "Deployment", name)["spec"]["template"]["spec"]
+        for spec in pod["containers"]:
+            environ = {**settings("overlays/example"), **env_values(spec)}
+            assert tracing.wanted(environ) is False, name
+    assert {k: v for k, v in env_values(callbacks_container("overlays/example")).items()
+            if k.startswith("OTEL_")} == {"OTEL_SERVICE_NAME": "lovense-callbacks"}
+    assert [k for k in env_values(container("overlays/example")) if k.startswith("OTEL_")] == []
+
+
+def test_worker_servicemonitor_asks_for_openmetrics_first() -> None:
+    """The worker's ServiceMonitor scrapes with Prometheus' default protocols, OpenMetrics
+    first, the format in which /metrics carries exemplars."""
+    monitor = one("overlays/example", "ServiceMonitor", WORKER)["spec"]
+    assert monitor["scrapeProtocols"] == [
+        "OpenMetricsText1.0.0", "OpenMetricsText0.0.1", "PrometheusText0.0.4"]
+
+
+def test_crd_validation_checks_scrape_protocols() -> None:
+    """The ServiceMonitor validator knows scrapeProtocols: an unknown protocol fails it."""
+    monitor = copy.deepcopy(one("overlays/example", "ServiceMonitor", WORKER))
+    monitor["spec"]["scrapeProtocols"] = ["OpenMetrics"]
+    done = _crds([monitor])
+    assert done.returncode == 1
+    assert "scrapeProtocols/0 must be equal to one of the allowed values" in done.stdout
 
 
 def test_worker_container_is_hardened_and_probed() -> None:

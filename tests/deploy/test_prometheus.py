@@ -111,6 +111,14 @@ def test_prometheus_scrapes_the_worker_and_rabbitmqs_detailed_queue_metrics() ->
     assert "15692:15692" in compose["rabbitmq"]["ports"]
 
 
+def test_prometheus_negotiates_openmetrics_with_the_worker() -> None:
+    """No scrape_protocols anywhere in prometheus.yml: Prometheus asks for OpenMetrics first,
+    the only format in which the worker's /metrics carries exemplars."""
+    config = load_yaml(CONFIG)
+    assert "scrape_protocols" not in config["global"]
+    assert [j["job_name"] for j in config["scrape_configs"] if "scrape_protocols" in j] == []
+
+
 @pytest.mark.parametrize("expr", ["rate(nope_total[5m])", "lovense_worker_messages"])
 def test_unknown_metric_names_are_caught(expr: str) -> None:
     """A misspelt metric or one missing its _total suffix is not a known name."""

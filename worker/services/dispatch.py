@@ -39,6 +39,7 @@ from worker.core.replies import (
 from worker.core.toys import functions_of, unsupported
 from worker.metrics import Metrics
 from worker.services.events import Events
+from worker.tracing import OFF, Tracing, call_attempt
 
 log = structlog.get_logger("worker.services.dispatch")
 
@@ -107,8 +108,10 @@ class Dispatcher:
         events: Events | None = None,
         report_toys: ReportToys | None = None,
         member: str = "",
+        tracing: Tracing = OFF,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing
         #: This process's member id, named in its circuit events.
         self._member = member
         self._upstream = upstream
@@ -172,17 +175,25 @@ class Dispatcher:
         return Plan("server", fallback=fallback)
 
     async def _call(self, route: Route, command: str, call: Awaitable[Reply]) -> Reply:
+        """Carry one call (one attempt): the seam every call to Lovense passes, once."""
+        span = self._tracing.call(route, command) if self._tracing.enabled else None
         start = time.perf_counter()
         try:
             reply = await call
         except UpstreamError as exc:
             kind = "not_delivered" if isinstance(exc, NotDelivered) else "maybe_delivered"
             self._metrics.child(self._metrics.upstream_requests, route, command, kind).inc()
+            self._tracing.called(span, error=exc, not_delivered=isinstance(exc, NotDelivered))
+            raise
+        except BaseException as exc:
+            self._tracing.called(span, error=exc)
             raise
         finally:
             self._metrics.child(self._metrics.upstream_seconds, route, command).observe(
-                time.perf_counter() - start
+                time.perf_counter() - start,
+                self._tracing.exemplar(span) if span is not None else None,
             )
+        self._tracing.called(span, code=reply.code, ok=reply.ok)
         # Undocumented codes share one label: an upstream must not mint new series.
         code = codes.label(reply.code, route)
         self._metrics.child(self._metrics.upstream_requests, route, command, code).inc()
@@ -216,6 +227,7 @@ class Dispatcher:
         attempts = 0
         while True:
             attempts += 1
+            call_attempt.set(attempts)
             outcome = await attempt()
             if outcome.status == "ok" or not outcome.retryable or (
                 give_back_not_delivered and outcome.not_delivered
@@ -338,6 +350,7 @@ class Dispatcher:
         attempts, last = 0, Outcome(status="failed", via=plan.route, message="not sent")
         while True:
             attempts += 1
+            call_attempt.set(attempts)
             last = await self._stop_once(uid, toys, plan)
             if last.status == "ok" or last.code in _STOP_FINAL_CODES:
                 break

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 import structlog
@@ -49,6 +49,10 @@ from worker.services.admission import Room
 from worker.services.dispatch import Dispatcher
 from worker.services.recent import Prior, Recent
 from worker.services.users import Users
+from worker.tracing import OFF, Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = structlog.get_logger("worker.services.runtime")
 
@@ -78,6 +82,8 @@ class _Message:
     calls: int = 0
     signature: bytes | None = None
     lan_slots: asyncio.Semaphore | None = None
+    #: Its ``lovense.schedule`` span, when tracing is on.
+    span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +139,14 @@ class Runtime:
         *,
         announce_stop: AnnounceStop | None = None,
         users: Users | None = None,
+        tracing: Tracing = OFF,
         clock_ms: Callable[[], float] = epoch_ms,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._tracing = tracing
         self._clock_ms = clock_ms
         self._now = now
         limits = Limits(
@@ -240,6 +248,9 @@ class Runtime:
         )
         if isinstance(cmd, Forget | GetUser):
             return await self._about_user(message)
+        if self._tracing.enabled:
+            message.span = self._tracing.schedule(cmd.kind, len(cmd.targets))
+            self._tracing.uid(message.span, cmd.uid, len(cmd.targets))
         del cmd, admitted  # from here on message.cmd, which a waiting wide Stop lightens
         self._messages.add(message)
         if not stop:
@@ -465,9 +476,10 @@ class Runtime:
             return
         share = _share(job)
         message, plan = share.message, share.plan
-        self._metrics.child(self._metrics.rate_limit_wait, plan.route).observe(
-            max(0.0, self._clock_ms() - message.accepted_ms) / 1000
-        )
+        waited_ms = max(0.0, self._clock_ms() - message.accepted_ms)
+        self._metrics.child(self._metrics.rate_limit_wait, plan.route).observe(waited_ms / 1000)
+        if message.span is not None:
+            message.span.set_attribute("lovense.rate_limit_wait_ms", round(waited_ms, 3))
         if plan.route == "lan":
             self._spawn(self._send_lan(job), [job])
         elif message.signature is None:
@@ -507,10 +519,18 @@ class Runtime:
             return
         message = _share(live[0]).message
         deadline = min(job.deadline_ms for job in live)
-        outcome = await self._dispatcher.server(message.cmd, [job.uid for job in live], deadline)
+        carried = list(dict.fromkeys(_share(job).message for job in live))
+        if message.span is not None:
+            for each in carried:
+                if each.span is not None:
+                    each.span.set_attribute("lovense.batched_uids", len(live))
+                    each.span.set_attribute("lovense.batched_commands", len(carried))
+        with self._tracing.calls_under(message.span, [each.span for each in carried]):
+            outcome = await self._dispatcher.server(
+                message.cmd, [job.uid for job in live], deadline)
         self._metrics.batch_uids.observe(len(live))
-        for carried in {_share(job).message for job in live}:
-            carried.calls += outcome.attempts
+        for each in carried:
+            each.calls += outcome.attempts
         for job in live:
             plan = _share(job).plan
             if plan.fallback:
@@ -520,11 +540,12 @@ class Runtime:
     async def _send_lan(self, job: WorkJob) -> None:
         share = _share(job)
         message, plan = share.message, share.plan
-        if message.lan_slots is not None:
-            async with message.lan_slots:
+        with self._tracing.calls_under(message.span):
+            if message.lan_slots is not None:
+                async with message.lan_slots:
+                    await self._send_lan_now(job, message, plan)
+            else:
                 await self._send_lan_now(job, message, plan)
-        else:
-            await self._send_lan_now(job, message, plan)
 
     async def _send_lan_now(self, job: WorkJob, message: _Message, plan: Plan) -> None:
         if not self._still_wanted([job]):
@@ -575,16 +596,18 @@ class Runtime:
         if job.follows is not None:
             # A Stop learned from the log, after this replica's own call settled: on that
             # call's route; nothing of ours waits for its answer.
-            plan = _share(job.follows).plan
-            await self._dispatcher.stop(job.uid, toy_list(job), plan, give_up_at)
+            followed = _share(job.follows)
+            with self._tracing.calls_under(followed.message.span):
+                await self._dispatcher.stop(job.uid, toy_list(job), followed.plan, give_up_at)
             self.scheduler.settled(job)
             self._wake.set()
             return
         assert isinstance(job.payload, StopShare), job.payload
         message, uid, plans = job.payload.message, job.payload.uid, job.payload.plans
-        outcomes = await asyncio.gather(
-            *(self._dispatcher.stop(uid, toy_list(job), p, give_up_at) for p in plans)
-        )
+        with self._tracing.calls_under(message.span):
+            outcomes = await asyncio.gather(
+                *(self._dispatcher.stop(uid, toy_list(job), p, give_up_at) for p in plans)
+            )
         self._metrics.stop_seconds.observe(
             max(0.0, self._clock_ms() - message.published_ms) / 1000
         )
@@ -632,8 +655,11 @@ class Runtime:
         )
         self._metrics.child(self._metrics.messages, result.command, result.status).inc()
         self._metrics.child(self._metrics.end_to_end, result.command).observe(
-            max(0.0, self._clock_ms() - message.published_ms) / 1000
+            max(0.0, self._clock_ms() - message.published_ms) / 1000,
+            self._tracing.exemplar(message.span) if message.span is not None else None,
         )
+        if message.span is not None:
+            self._tracing.scheduled(message.span, result.status, by, result.code, message.calls)
         log.info(
             "command_completed", message_id=message.ident, command=result.command,
             status=result.status, via=result.via, code=result.code,

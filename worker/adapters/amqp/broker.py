@@ -27,6 +27,7 @@ from worker.adapters.amqp.streams import StopLog, StopLogFn
 from worker.adapters.amqp.supervisor import Supervisor
 from worker.core.assignment import Membership
 from worker.metrics import Metrics
+from worker.tracing import OFF, Tracing
 
 
 class Broker:
@@ -35,11 +36,11 @@ class Broker:
     def __init__(self, link: Link, publisher: Publisher, *, prefetch: int,
                  membership: Membership, metrics: Metrics, handle: HandleFn, crashed: CrashFn,
                  on_stop: StopLogFn, on_members: MembersFn,
-                 resume: Callable[[], Awaitable[None]]) -> None:
+                 resume: Callable[[], Awaitable[None]], tracing: Tracing = OFF) -> None:
         self._link = link
         self._membership = membership
         self._resume = resume
-        self._settler = Settler(link, publisher, metrics, handle, crashed)
+        self._settler = Settler(link, publisher, metrics, handle, crashed, tracing)
         self._stop_log = StopLog(link, metrics, on_stop)
         self._consumers = Consumers(link, self._settler, prefetch, metrics)
         self._presence = Presence(link, membership, self._consumers, metrics, on_members)

@@ -44,6 +44,7 @@ from worker.adapters.amqp.nodes import connect_first
 from worker.contract import topology
 from worker.contract.messages import Result, result_decoder
 from worker.core.brokers import Node, parse_brokers
+from worker.tracing import TRACEPARENT, Tracing
 
 log = structlog.get_logger("worker.adapters.amqp.producer")
 
@@ -104,6 +105,8 @@ class Producer:
         self._exchange: AbstractExchange | None = None
         self._stop_exchange: AbstractExchange | None = None
         self._replies: AbstractQueue | None = None
+        #: Calls started together declare one reply queue, not one each.
+        self._replies_lock = asyncio.Lock()
         self._waiting: dict[str, asyncio.Future[Result]] = {}
         self._up = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
@@ -236,6 +239,8 @@ class Producer:
         ident = ident or uuid.uuid4().hex
         all_headers: dict[str, Any] = {topology.PUBLISHED_MS_HEADER: time.time_ns() // 1_000_000}
         all_headers.update(headers or {})
+        if TRACEPARENT not in all_headers:
+            Tracing.inject(all_headers)  # the caller's current span, if it has one
         target = self._stop_exchange if is_stop(mapping) else self._exchange
         if exchange is not None:
             target = await self._channel_exchange(exchange)
@@ -300,6 +305,12 @@ class Producer:
                 future.exception()  # retrieved: a drop may have failed it unawaited
 
     async def _reply_queue(self) -> AbstractQueue:
+        if self._replies is None:
+            async with self._replies_lock:
+                return await self._declare_replies()
+        return self._replies
+
+    async def _declare_replies(self) -> AbstractQueue:
         if self._replies is None:
             channel = await self._ready()
             replies = await channel.declare_queue(exclusive=True, auto_delete=True)

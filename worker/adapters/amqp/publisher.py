@@ -21,6 +21,7 @@ from worker.contract.messages import Result, encoder
 from worker.core.results import Delivery
 from worker.core.rules import id_fits
 from worker.metrics import Metrics
+from worker.tracing import OFF, Tracing
 
 log = structlog.get_logger("worker.adapters.amqp.publisher")
 
@@ -52,9 +53,10 @@ def _wire_value(value: Any) -> Any:
 class Publisher:
     """Everything the worker publishes, on the link's current publishing channel."""
 
-    def __init__(self, link: Link, metrics: Metrics) -> None:
+    def __init__(self, link: Link, metrics: Metrics, tracing: Tracing = OFF) -> None:
         self._link = link
         self._metrics = metrics
+        self._tracing = tracing
 
     def closed(self) -> bool:
         """Return whether the publishing channel is gone (a connection lost under it)."""
@@ -64,12 +66,17 @@ class Publisher:
             return False  # never connected: nothing was lost
 
     async def publish_result(
-        self, result: Result, reply_to: str | None, correlation_id: str | None
+        self, result: Result, reply_to: str | None, correlation_id: str | None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
-        """Publish a result to lovense.results and to reply_to, awaiting broker confirms."""
+        """Publish a result to lovense.results and to reply_to, awaiting broker confirms.
+
+        ``headers``: the trace context the result carries (``traceparent``), if any.
+        """
         session = self._link.session
         outgoing = aio_pika.Message(
             encoder.encode(result),
+            headers=headers or None,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             # AMQP's message_id is a short string: a longer id travels in the body only.
@@ -91,9 +98,14 @@ class Publisher:
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key=routing_key, mandatory=False)
 
-    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, kind: str) -> None:
-        """Republish a message to lovense.dead with why, in ``x-lovense-error``."""
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, kind: str,
+                          trace: Mapping[str, Any] | None = None) -> None:
+        """Republish a message to lovense.dead with why, in ``x-lovense-error``.
+
+        ``trace``: the trace context (``traceparent``) it carries instead of its own, if any.
+        """
         headers = wire_headers(message.headers)
+        headers.update(trace or {})
         headers[topology.ERROR_HEADER] = reason[:1024]
         headers[topology.ORIGIN_EXCHANGE_HEADER] = message.exchange or ""
         headers[topology.ORIGIN_ROUTING_KEY_HEADER] = message.routing_key or ""
@@ -114,8 +126,11 @@ class Publisher:
 
     async def announce_stop(self, delivery: Delivery) -> None:
         """Append a Stop that arrived on lovense.commands to the Stop log for every replica."""
+        headers = wire_headers(delivery.headers)
+        if self._tracing.enabled:
+            self._tracing.inject(headers)  # the Stop's receive span, current in its task
         await self._link.session.publisher.default_exchange.publish(
-            aio_pika.Message(delivery.body, headers=wire_headers(delivery.headers),
+            aio_pika.Message(delivery.body, headers=headers,
                              message_id=delivery.message_id,
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key=topology.STOP_LOG,

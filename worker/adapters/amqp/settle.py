@@ -16,15 +16,19 @@ it out again, and the memory of finished ids answers it without a second call.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker.adapters.amqp.link import CONNECTION_ERRORS, Link
 from worker.adapters.amqp.publisher import Publisher
+from worker.core.jobs import published_ms
 from worker.core.results import Delivery, Handled, Lane, publishable
 from worker.metrics import Metrics
+from worker.tracing import OFF, TRACEPARENT, TRACESTATE, Tracing
 
 log = structlog.get_logger("worker.adapters.amqp.settle")
 
@@ -49,8 +53,9 @@ class Settler:
     """Handle deliveries and settle each exactly once; know which are still in progress."""
 
     def __init__(self, link: Link, publisher: Publisher, metrics: Metrics, handle: HandleFn,
-                 crashed: CrashFn) -> None:
+                 crashed: CrashFn, tracing: Tracing = OFF) -> None:
         self._link = link
+        self._tracing = tracing
         self._publisher = publisher
         self._metrics = metrics
         self._handle = handle
@@ -77,6 +82,9 @@ class Settler:
         assert task is not None
         self._inflight.add(task)
         self._metrics.inflight.inc()
+        span = self._receive_span(message, lane)
+        handled: Handled | None = None
+        failure: BaseException | None = None
         try:
             delivery = delivery_of(message, lane)
             try:
@@ -89,6 +97,7 @@ class Settler:
                 handled = self._crashed(delivery, exc)
             await self._settle(message, handled)
         except Exception as exc:
+            failure = exc
             if self.gone(message, exc):
                 # The channel went away: the message comes back after the reconnect and is
                 # answered from the memory of finished ids, without a second call.
@@ -99,6 +108,21 @@ class Settler:
             self._metrics.inflight.dec()
             self._inflight.discard(task)
             structlog.contextvars.clear_contextvars()
+            if span is not None:
+                self._tracing.received(
+                    span, error=failure,
+                    command=handled.result.command if handled is not None else None,
+                    status=handled.result.status if handled is not None else None,
+                    dead_lettered=handled is not None and handled.dead_letter is not None)
+
+    def _receive_span(self, message: AbstractIncomingMessage, lane: Lane) -> Any:
+        if not self._tracing.enabled:
+            return None
+        stamp = published_ms(message.headers)
+        return self._tracing.receive(
+            message.headers, lane=lane, exchange=message.exchange or "",
+            message_id=message.message_id, size=len(message.body),
+            queue_wait_ms=None if stamp is None else max(0.0, time.time() * 1000 - stamp))
 
     def gone(self, message: AbstractIncomingMessage, error: BaseException) -> bool:
         """Return whether ``error`` means a lost channel or connection, not a bad message.
@@ -115,9 +139,15 @@ class Settler:
 
     async def _settle(self, message: AbstractIncomingMessage, handled: Handled) -> None:
         """Publish the result, dead-letter if asked, then ack."""
+        with self._tracing.publishing(handled.result.routing_key) as span:
+            await self._publish(message, handled, self._context_headers(message, span))
+        await message.ack()
+
+    async def _publish(self, message: AbstractIncomingMessage, handled: Handled,
+                       trace: dict[str, Any]) -> None:
         publish = self._publisher.publish_result
         try:
-            await publish(handled.result, message.reply_to, message.correlation_id)
+            await publish(handled.result, message.reply_to, message.correlation_id, trace)
         except Exception as exc:
             if self.gone(message, exc):
                 raise
@@ -125,10 +155,22 @@ class Settler:
             log.error("result_unpublishable", error=repr(exc))
             self._metrics.child(self._metrics.settle_fallbacks, "result_rebuilt").inc()
             await publish(publishable(handled.result, exc), message.reply_to,
-                          message.correlation_id)
+                          message.correlation_id, trace)
         if handled.dead_letter is not None:
-            await self._publisher.dead_letter(message, handled.dead_letter, "invalid")
-        await message.ack()
+            await self._publisher.dead_letter(message, handled.dead_letter, "invalid", trace)
+
+    def _context_headers(self, message: AbstractIncomingMessage, span: Any) -> dict[str, Any]:
+        """Return the trace context results and dead letters carry: the publish span's, or,
+        tracing off, the command's own (so a producer's trace goes on through the worker)."""
+        headers: dict[str, Any] = {}
+        if span is not None:
+            self._tracing.inject(headers, span)
+            return headers
+        for name in (TRACEPARENT, TRACESTATE):
+            value = (message.headers or {}).get(name)
+            if isinstance(value, str) and len(value) <= 1024:
+                headers[name] = value
+        return headers
 
     async def _reject(self, message: AbstractIncomingMessage, error: Exception) -> None:
         """Last resort: let RabbitMQ dead-letter the message (its queue's dead-letter exchange)."""
