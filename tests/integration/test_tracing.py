@@ -13,6 +13,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -23,7 +24,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
-from tests.integration.support import AMQP_URL, free_port, until, worker_settings
+from tests.integration.support import (
+    AMQP_URL,
+    dead_letters,
+    free_port,
+    until,
+    worker_settings,
+)
 from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
 from worker.config import Secret
@@ -286,3 +293,61 @@ async def test_a_lan_call_names_no_address(
         assert address not in said, address
     [schedule] = named(spans, "lovense.schedule")
     assert attrs(schedule)["lovense.uid"] == app.uid
+
+
+async def test_a_dead_letter_and_a_stop_log_entry_carry_the_workers_context(
+    sim: Simulator, receiver: Receiver, results: Results, clean_broker: None
+) -> None:
+    """An invalid command's dead letter carries its publish span's traceparent (not the
+    producer's copied header); a Stop sent to lovense.commands is appended to the Stop log
+    with its receive span's."""
+    worker = await _traced_worker(sim, receiver)
+    try:
+        trace_id, parent_id, traceparent = _parent()
+        stop_trace, _, stop_parent = _parent()
+        bad, stop = f"bad-{uuid.uuid4().hex[:8]}", f"stop-{uuid.uuid4().hex[:8]}"
+        async with Producer(AMQP_URL) as producer:
+            await producer.publish({"command": "Function", "uid": "u", "action": "Vibrate:99",
+                                    "timeSec": 2, "id": bad}, headers={"traceparent": traceparent})
+            await producer.publish({"command": "Stop", "uid": f"user-{stop}", "id": stop},
+                                   headers={"traceparent": stop_parent},
+                                   exchange=topology.COMMANDS_EXCHANGE)
+            await until(lambda: bad in results.status and stop in results.status,
+                        what="both results")
+        [dead] = await dead_letters(1)
+        logged = await _stop_log_entry(stop)
+        spans = await _spans_of(worker, receiver, trace_id, {"lovense.publish": 1})
+        stop_spans = await _spans_of(worker, receiver, stop_trace, {"lovense.receive": 1})
+    finally:
+        await worker.stop()
+
+    assert results.status[bad] == "invalid"
+    [publish] = named(spans, "lovense.publish")
+    [receive] = named(spans, "lovense.receive")
+    assert receive.parent_span_id.hex() == parent_id
+    assert attrs(receive)["lovense.dead_lettered"] is True
+    headers = dict(dead.headers or {})
+    assert headers["traceparent"] == f"00-{trace_id}-{publish.span_id.hex()}-01"
+    assert str(headers[topology.ERROR_HEADER]).startswith("action:")
+    [stop_receive] = named(stop_spans, "lovense.receive")
+    assert logged["traceparent"] == f"00-{stop_trace}-{stop_receive.span_id.hex()}-01"
+
+
+async def _stop_log_entry(ident: str) -> dict[str, Any]:
+    """Return the headers of the Stop-log entry with this message id, reading the stream."""
+    found: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def on_entry(message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        if message.message_id == ident and not found.done():
+            found.set_result(dict(message.headers or {}))
+
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=100)
+        queue = await channel.get_queue(topology.STOP_LOG, ensure=False)
+        # From a minute ago: the entry is this test's, the log holds an hour of others.
+        since = datetime.now(UTC) - timedelta(seconds=60)
+        await queue.consume(on_entry, arguments={"x-stream-offset": since})
+        return await asyncio.wait_for(found, 10)
