@@ -125,17 +125,18 @@ class Tracing:
         if not wanted(environ):
             return cls(trace_uids=trace_uids, api_base=api_base)
         # Imported only when on: a worker without tracing never loads the SDK.
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from worker.otlp import SpanExporter
 
         # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the sampler,
         # the batch processor and the exporter read their own OTEL_* variables.
         resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME")
                                     or "lovense-worker"})
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+        provider.add_span_processor(BatchSpanProcessor(SpanExporter(
             endpoint=traces_endpoint(environ))))
         return cls(provider, trace_uids=trace_uids, api_base=api_base)
 
