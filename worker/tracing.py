@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -187,15 +187,18 @@ class Tracing:
         if started is None:
             return
         span, token = started
+        # One set_attributes: the SDK takes its lock once, not once an attribute.
+        attributes: dict[str, Any] = {}
         if command is not None:
-            span.set_attribute("lovense.command", command)
+            attributes["lovense.command"] = command
         if status is not None:
-            span.set_attribute("lovense.status", status)
+            attributes["lovense.status"] = status
         if dead_lettered:
-            span.set_attribute("lovense.dead_lettered", True)
+            attributes["lovense.dead_lettered"] = True
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            span.set_attribute("error.type", type(error).__name__)
+            attributes["error.type"] = type(error).__name__
+        span.set_attributes(attributes)
         otel_context.detach(token)  # type: ignore[arg-type]
         span.end()
 
@@ -220,30 +223,32 @@ class Tracing:
     def scheduled(span: Span, status: str, superseded_by: str | None, code: int | None,
                   calls: int) -> None:
         """End a schedule span with the command's status and what ended it."""
-        span.set_attribute("lovense.status", status)
-        span.set_attribute("lovense.calls", calls)
+        attributes: dict[str, Any] = {"lovense.status": status, "lovense.calls": calls}
         if superseded_by is not None:
-            span.set_attribute("lovense.superseded_by", superseded_by)
+            attributes["lovense.superseded_by"] = superseded_by
         if code is not None:
-            span.set_attribute("lovense.code", code)
+            attributes["lovense.code"] = code
+        span.set_attributes(attributes)
         if status == "failed":
             span.set_status(Status(StatusCode.ERROR, status))
         span.end()
 
-    @contextmanager
-    def calls_under(self, parent: Span | None, others: Sequence[Span | None] = ()
-                    ) -> Iterator[None]:
+    @staticmethod
+    def calls_under(parent: Span | None, others: Sequence[Span | None] = ()
+                    ) -> AbstractContextManager[None]:
         """Run calls as children of ``parent``, linked to the other commands they carry."""
-        if parent is None:
-            yield
-            return
-        token = otel_context.attach(trace.set_span_in_context(parent))
-        links = _links.set([s for s in others if s is not None and s is not parent])
-        try:
-            yield
-        finally:
-            _links.reset(links)
-            otel_context.detach(token)
+        return _NOTHING if parent is None else _calls_under(parent, others)
+
+    def publishing(self, routing_key: str) -> AbstractContextManager[Span | None]:
+        """Span a result's publish and confirm (and dead letter), a child of the current span."""
+        if self._tracer is None:
+            return _NOTHING
+        return _publishing(self._tracer.start_span(
+            "lovense.publish", kind=SpanKind.PRODUCER, attributes={
+                "messaging.system": "rabbitmq", "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+                "messaging.destination.name": "lovense.results",
+                "messaging.rabbitmq.destination.routing_key": routing_key}))
 
     # ------------------------------------------------------------------ calls
 
@@ -274,34 +279,13 @@ class Tracing:
             span.set_attribute("lovense.code", code)
         if error is not None:
             kind = "not_delivered" if not_delivered else "maybe_delivered"
-            span.set_attribute("lovense.delivery", kind)
-            span.set_attribute("error.type", kind)
+            span.set_attributes({"lovense.delivery": kind, "error.type": kind})
             span.set_status(Status(StatusCode.ERROR, kind))
         elif not ok:
             span.set_status(Status(StatusCode.ERROR, f"code {code}"))
         span.end()
 
     # ------------------------------------------------------------------ publish
-
-    @contextmanager
-    def publishing(self, routing_key: str) -> Iterator[Span | None]:
-        """Span a result's publish and confirm (and dead letter), a child of the current span."""
-        if self._tracer is None:
-            yield None
-            return
-        span = self._tracer.start_span("lovense.publish", kind=SpanKind.PRODUCER, attributes={
-            "messaging.system": "rabbitmq", "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
-            "messaging.destination.name": "lovense.results",
-            "messaging.rabbitmq.destination.routing_key": routing_key})
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__name__)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            span.end()
 
     @staticmethod
     def inject(headers: dict[str, Any], span: Span | None = None) -> None:
@@ -316,6 +300,33 @@ class Tracing:
         """Return a Prometheus exemplar naming a span's trace (default: the current one)."""
         ids = trace_ids(span)
         return None if ids is None else {"trace_id": ids[0]}
+
+
+#: What the span context managers are when there is nothing to do: no generator, no frame.
+_NOTHING: Final = nullcontext()
+
+
+@contextmanager
+def _calls_under(parent: Span, others: Sequence[Span | None]) -> Iterator[None]:
+    token = otel_context.attach(trace.set_span_in_context(parent))
+    links = _links.set([s for s in others if s is not None and s is not parent])
+    try:
+        yield
+    finally:
+        _links.reset(links)
+        otel_context.detach(token)
+
+
+@contextmanager
+def _publishing(span: Span) -> Iterator[Span]:
+    try:
+        yield span
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        span.end()
 
 
 #: Tracing off: what a component uses when none is given.
