@@ -45,6 +45,9 @@ TRACESTATE: Final = "tracestate"
 #: A longer header value is not trace context (W3C: traceparent is 55 characters,
 #: tracestate at most 32 entries of 256): it is ignored, never parsed.
 _MAX_HEADER: Final = 1024
+#: The batch span processor's queue and batch, unless ``OTEL_BSP_*`` set them.
+BSP_QUEUE: Final = 16_384
+BSP_BATCH: Final = 4_096
 #: Links a batched call span carries at most (the rest are counted in an attribute).
 MAX_LINKS: Final = 128
 
@@ -59,6 +62,12 @@ _links: contextvars.ContextVar[Sequence[Span]] = contextvars.ContextVar(
 def wanted(environ: Mapping[str, str]) -> bool:
     """Return whether the environment asks for tracing (an OTLP endpoint is set)."""
     return any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES)
+
+
+def _bsp(environ: Mapping[str, str], name: str, default: int) -> int | None:
+    """Return the worker's default for a batch processor setting, or None (the SDK reads
+    the variable itself) when it is set."""
+    return None if environ.get(name, "").strip() else default
 
 
 def traces_endpoint(environ: Mapping[str, str]) -> str:
@@ -136,8 +145,13 @@ class Tracing:
         resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME")
                                     or "lovense-worker"})
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        provider.add_span_processor(BatchSpanProcessor(SpanExporter(
-            endpoint=traces_endpoint(environ))))
+        # Bigger batches than the SDK's defaults (512 of 2,048 queued) unless OTEL_BSP_* says
+        # otherwise: at 4 spans a command the defaults post several requests a second.
+        processor = BatchSpanProcessor(
+            SpanExporter(endpoint=traces_endpoint(environ)),
+            max_queue_size=_bsp(environ, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_QUEUE),
+            max_export_batch_size=_bsp(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_BATCH))
+        provider.add_span_processor(processor)
         return cls(provider, trace_uids=trace_uids, api_base=api_base)
 
     @property
@@ -297,9 +311,13 @@ class Tracing:
 
     @staticmethod
     def exemplar(span: Span | None = None) -> dict[str, str] | None:
-        """Return a Prometheus exemplar naming a span's trace (default: the current one)."""
-        ids = trace_ids(span)
-        return None if ids is None else {"trace_id": ids[0]}
+        """Return a Prometheus exemplar naming a span's trace (default: the current one), if
+        that trace is sampled: an exemplar must lead to a trace that exists."""
+        found = span if span is not None else trace.get_current_span()
+        ctx = found.get_span_context()
+        if not (ctx.is_valid and ctx.trace_flags.sampled):
+            return None
+        return {"trace_id": format(ctx.trace_id, "032x")}
 
 
 #: What the span context managers are when there is nothing to do: no generator, no frame.

@@ -178,3 +178,19 @@ async def test_metrics_serve_openmetrics_with_exemplars_when_asked(
     plain = await health._metrics_view(make_mocked_request("GET", "/metrics"))
     assert plain.content_type == "text/plain"
     assert isinstance(plain.body, bytes) and b"trace_id" not in plain.body
+
+
+def test_an_unsampled_trace_gives_no_exemplar() -> None:
+    """A command whose trace is not sampled carries its context on but puts no exemplar on
+    the histograms: it would name a trace that was never exported."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    tracing = Tracing(provider)
+    span = tracing.schedule("Function", 1)
+    assert span is not None and span.get_span_context().is_valid
+    assert span.is_recording() is False
+    assert tracing.exemplar(span) is None
+    headers: dict[str, Any] = {}
+    Tracing.inject(headers, span)
+    assert headers["traceparent"].endswith("-00")
