@@ -26,6 +26,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from tests.integration.support import (
     AMQP_URL,
+    ResultLog,
+    capturing_results,
     dead_letters,
     free_port,
     until,
@@ -35,6 +37,7 @@ from worker.adapters.amqp.producer import Producer
 from worker.app import Worker
 from worker.config import Secret
 from worker.contract import topology
+from worker.contract.messages import result_decoder
 from worker.simulator import SIMULATOR_TOKEN, Simulator
 from worker.tracing import Tracing
 
@@ -77,31 +80,26 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-@dataclass
-class Results:
+class Results(ResultLog):
     """Results of this test by id, with the headers they came with."""
 
-    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    status: dict[str, str] = field(default_factory=dict)
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: dict[str, dict[str, Any]] = {}
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        from worker.contract.messages import result_decoder
+        await super().on_message(message)
+        ident = result_decoder.decode(message.body).id
+        self.headers[ident] = dict(message.headers or {})
 
-        result = result_decoder.decode(message.body)
-        self.headers[result.id] = dict(message.headers or {})
-        self.status[result.id] = result.status
+    def status(self, ident: str) -> str | None:
+        found = self.by_id.get(ident)
+        return None if found is None else found.status
 
 
 @pytest.fixture
 async def results(clean_broker: None) -> AsyncIterator[Results]:
-    got = Results()
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(topology.RESULTS_EXCHANGE)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key="#")
-        await queue.consume(got.on_message, no_ack=True)
+    async with capturing_results(Results()) as got:
         yield got
 
 
@@ -170,7 +168,7 @@ async def test_a_command_traces_receive_schedule_call_publish_under_its_producer
             await producer.publish(
                 {"command": "Function", "uid": uid, "action": "Vibrate:5", "timeSec": 2,
                  "mode": "server", "id": ident}, headers={"traceparent": traceparent})
-            await until(lambda: ident in results.status, what="the result")
+            await until(lambda: ident in results.by_id, what="the result")
         spans = await _spans_of(worker, receiver, trace_id, {
             "lovense.receive": 1, "lovense.schedule": 1, "lovense.call": 1,
             "lovense.publish": 1})
@@ -188,7 +186,7 @@ async def test_a_command_traces_receive_schedule_call_publish_under_its_producer
     assert publish.parent_span_id == receive.span_id
     assert (call.kind, publish.kind) == (ProtoSpan.SPAN_KIND_CLIENT, ProtoSpan.SPAN_KIND_PRODUCER)
 
-    assert results.status[ident] == "ok"
+    assert results.status(ident) == "ok"
     assert results.headers[ident]["traceparent"] == (
         f"00-{trace_id}-{publish.span_id.hex()}-01")
 
@@ -232,7 +230,7 @@ async def test_a_batched_call_links_its_commands_and_spans_each_attempt(
                     headers={"traceparent": traceparent})
             await until(lambda: len(sim.requests) >= 1, what="the first attempt")
             sim.set_faults()  # the retry, 50 ms or more later, is answered
-            await until(lambda: all(i in results.status for i in idents), what="both results")
+            await until(lambda: all(i in results.by_id for i in idents), what="both results")
         first = await _spans_of(worker, receiver, first_trace, {
             "lovense.schedule": 1, "lovense.call": 2, "lovense.publish": 1})
         second = await _spans_of(worker, receiver, second_trace, {
@@ -241,7 +239,7 @@ async def test_a_batched_call_links_its_commands_and_spans_each_attempt(
         sim.set_faults()
         await worker.stop()
 
-    assert [results.status[i] for i in idents] == ["ok", "ok"]
+    assert [results.status(i) for i in idents] == ["ok", "ok"]
     [request_1, request_2] = [r for r in sim.requests if r.side == "server"]
     assert request_1.body["uid"] == request_2.body["uid"] == ",".join(
         f"user-{i}" for i in idents)
@@ -277,13 +275,13 @@ async def test_a_lan_call_names_no_address(
                 {"command": "Function", "uid": app.uid, "action": "Vibrate:4", "timeSec": 2,
                  "mode": "lan", "lan": {"domain": app.domain, "httpsPort": app.https_port},
                  "id": ident}, headers={"traceparent": traceparent})
-            await until(lambda: ident in results.status, what="the result")
+            await until(lambda: ident in results.by_id, what="the result")
         spans = await _spans_of(worker, receiver, trace_id, {
             "lovense.schedule": 1, "lovense.call": 1})
     finally:
         await worker.stop()
 
-    assert results.status[ident] == "ok"
+    assert results.status(ident) == "ok"
     [call] = named(spans, "lovense.call")
     got = attrs(call)
     assert (got["lovense.route"], got["server.address"]) == ("lan", "lan")
@@ -312,7 +310,7 @@ async def test_a_dead_letter_and_a_stop_log_entry_carry_the_workers_context(
             await producer.publish({"command": "Stop", "uid": f"user-{stop}", "id": stop},
                                    headers={"traceparent": stop_parent},
                                    exchange=topology.COMMANDS_EXCHANGE)
-            await until(lambda: bad in results.status and stop in results.status,
+            await until(lambda: bad in results.by_id and stop in results.by_id,
                         what="both results")
         [dead] = await dead_letters(1)
         logged = await _stop_log_entry(stop)
@@ -321,7 +319,7 @@ async def test_a_dead_letter_and_a_stop_log_entry_carry_the_workers_context(
     finally:
         await worker.stop()
 
-    assert results.status[bad] == "invalid"
+    assert results.status(bad) == "invalid"
     [publish] = named(spans, "lovense.publish")
     [receive] = named(spans, "lovense.receive")
     assert receive.parent_span_id.hex() == parent_id
