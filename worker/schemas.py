@@ -415,10 +415,26 @@ _REPLY_TO: Final[dict[str, Any]] = {
     "location": "$message.header#/reply_to",
 }
 _CORRELATION_REF: Final = {"$ref": "#/components/correlationIds/amqp"}
+#: W3C trace context: read on commands, written on results (README: Tracing).
+_TRACE_IN: Final[dict[str, Any]] = {
+    topology.TRACEPARENT_HEADER: {
+        "type": "string", "maxLength": 1024,
+        "description": "W3C trace context of the producer's span: the worker's spans continue "
+                       "this trace (a value that is not trace context starts a new one)."},
+    topology.TRACESTATE_HEADER: {
+        "type": "string", "maxLength": 1024, "description": "W3C tracestate, with traceparent."},
+}
+_TRACE_OUT: Final[dict[str, Any]] = {
+    topology.TRACEPARENT_HEADER: {
+        "type": "string",
+        "description": "W3C trace context: the worker's lovense.publish span when it traces, "
+                       "else the command's own traceparent, if it had one."},
+    topology.TRACESTATE_HEADER: {"type": "string", "description": "W3C tracestate."},
+}
 
 
 def _messages() -> dict[str, Any]:
-    published: dict[str, Any] = {topology.PUBLISHED_MS_HEADER: _PUBLISHED}
+    published: dict[str, Any] = {topology.PUBLISHED_MS_HEADER: _PUBLISHED, **_TRACE_IN}
     command_schema = {"$ref": _REF.format(name="Command")}
     return {
         "command": {
@@ -442,6 +458,7 @@ def _messages() -> dict[str, Any]:
             "summary": "The one terminal result per command identity.",
             "description": "AMQP message_id is the result's id; correlation_id is the "
                            "command's.",
+            "headers": _headers([], _TRACE_OUT),
             "payload": {"$ref": _REF.format(name="Result")}, "correlationId": _CORRELATION_REF,
             "examples": _checked("result", _results()),
         },

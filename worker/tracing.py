@@ -34,14 +34,16 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from worker.contract import topology
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 #: Either variable turns tracing on (the SDK reads them, and every other ``OTEL_*``).
 ENDPOINT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 #: W3C trace context headers, in AMQP message headers as in HTTP.
-TRACEPARENT: Final = "traceparent"
-TRACESTATE: Final = "tracestate"
+TRACEPARENT: Final = topology.TRACEPARENT_HEADER
+TRACESTATE: Final = topology.TRACESTATE_HEADER
 #: A longer header value is not trace context (W3C: traceparent is 55 characters,
 #: tracestate at most 32 entries of 256): it is ignored, never parsed.
 _MAX_HEADER: Final = 1024

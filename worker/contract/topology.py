@@ -75,6 +75,10 @@ ERROR_HEADER: Final = "x-lovense-error"
 #: Where a dead letter was first published (``requeue-dead`` sends it back there).
 ORIGIN_EXCHANGE_HEADER: Final = "x-lovense-origin-exchange"
 ORIGIN_ROUTING_KEY_HEADER: Final = "x-lovense-origin-routing-key"
+#: W3C trace context, on commands (the producer's), results, dead letters and Stop-log
+#: entries (the worker's spans): see the README's Tracing.
+TRACEPARENT_HEADER: Final = "traceparent"
+TRACESTATE_HEADER: Final = "tracestate"
 
 #: The broker's own backstop against a message that keeps failing deliveries.
 #: Kept well above the worker's own give-up count (closed channels count as
