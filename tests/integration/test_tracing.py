@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -349,3 +350,23 @@ async def _stop_log_entry(ident: str) -> dict[str, Any]:
         since = datetime.now(UTC) - timedelta(seconds=60)
         await queue.consume(on_entry, arguments={"x-stream-offset": since})
         return await asyncio.wait_for(found, 10)
+
+
+async def test_the_publish_cli_injects_a_traceparent_a_worker_without_tracing_carries_on(
+    worker: Worker, results: Results
+) -> None:
+    """`lovense-worker publish --traceparent` puts it on the command; a worker that does not
+    trace copies it onto the result, so the producer's trace is not cut."""
+    trace_id, span_id, traceparent = _parent()
+    ident = f"cli-{uuid.uuid4().hex[:8]}"
+    command = (f'{{"command": "Function", "uid": "cli-user", "action": "Vibrate:1", '
+               f'"timeSec": 2, "mode": "server", "id": "{ident}"}}')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "publish", command, "--traceparent", traceparent,
+        "--amqp-url", AMQP_URL, stdout=asyncio.subprocess.PIPE)
+    out, _ = await process.communicate()
+    assert (process.returncode, out.decode().strip()) == (0, ident)
+    await until(lambda: ident in results.by_id, what="the result")
+    assert results.status(ident) == "ok"
+    assert results.headers[ident]["traceparent"] == traceparent
+    assert worker.tracing.enabled is False
