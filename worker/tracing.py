@@ -61,6 +61,10 @@ _links: contextvars.ContextVar[Sequence[Span]] = contextvars.ContextVar(
     "lovense_links", default=())
 
 
+#: A receive span and the context token that made it current (:meth:`Tracing.receive`).
+Receiving = tuple[Span, object]
+
+
 def wanted(environ: Mapping[str, str]) -> bool:
     """Return whether the environment asks for tracing (an OTLP endpoint is set)."""
     return any(environ.get(name, "").strip() for name in ENDPOINT_VARIABLES)
@@ -174,7 +178,7 @@ class Tracing:
 
     def receive(self, headers: Mapping[str, Any] | None, *, lane: str, exchange: str,
                 message_id: str | None, size: int, queue_wait_ms: float | None,
-                ) -> tuple[Span, object] | None:
+                ) -> Receiving | None:
         """Start the span of one delivery as a child of its producer's, and make it current.
 
         Return what :meth:`received` needs to end it (None when off).
@@ -196,7 +200,7 @@ class Tracing:
         return span, token
 
     @staticmethod
-    def received(started: tuple[Span, object] | None, *, command: str | None = None,
+    def received(started: Receiving | None, *, command: str | None = None,
                  status: str | None = None, dead_lettered: bool = False,
                  error: BaseException | None = None) -> None:
         """End a receive span with how the delivery ended."""

@@ -22,13 +22,14 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from opentelemetry.trace import Span
 
 from worker.adapters.amqp.link import CONNECTION_ERRORS, Link
 from worker.adapters.amqp.publisher import Publisher
 from worker.core.jobs import published_ms
 from worker.core.results import Delivery, Handled, Lane, publishable
 from worker.metrics import Metrics
-from worker.tracing import OFF, TRACEPARENT, TRACESTATE, Tracing
+from worker.tracing import OFF, TRACEPARENT, TRACESTATE, Receiving, Tracing
 
 log = structlog.get_logger("worker.adapters.amqp.settle")
 
@@ -115,7 +116,7 @@ class Settler:
                     status=handled.result.status if handled is not None else None,
                     dead_lettered=handled is not None and handled.dead_letter is not None)
 
-    def _receive_span(self, message: AbstractIncomingMessage, lane: Lane) -> Any:
+    def _receive_span(self, message: AbstractIncomingMessage, lane: Lane) -> Receiving | None:
         if not self._tracing.enabled:
             return None
         stamp = published_ms(message.headers)
@@ -159,7 +160,8 @@ class Settler:
         if handled.dead_letter is not None:
             await self._publisher.dead_letter(message, handled.dead_letter, "invalid", trace)
 
-    def _context_headers(self, message: AbstractIncomingMessage, span: Any) -> dict[str, Any]:
+    def _context_headers(self, message: AbstractIncomingMessage,
+                         span: Span | None) -> dict[str, Any]:
         """Return the trace context results and dead letters carry: the publish span's, or,
         tracing off, the command's own (so a producer's trace goes on through the worker)."""
         headers: dict[str, Any] = {}
