@@ -54,8 +54,17 @@ _encode = msgspec.json.Encoder().encode
 #: first in, first out: under steady traffic none stays idle for the keep-alive timeout).
 #: 32 KiB holds two full TLS records: ~90 KB a connection (measured: 200 pooled connections).
 TLS_READ_BUFFER: Final = 32 * 1024
-if asyncio.sslproto.SSLProtocol.max_size > TLS_READ_BUFFER:
-    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
+def shrink_tls_buffers() -> None:
+    """Lower asyncio's per-connection TLS read buffer to :data:`TLS_READ_BUFFER`.
+
+    A class attribute of asyncio's internals, so it holds for the whole process (AMQPS
+    connections too, where 32 KiB reads are as good); a Python without it is left alone.
+    """
+    protocol = asyncio.sslproto.SSLProtocol
+    if getattr(protocol, "max_size", 0) > TLS_READ_BUFFER:
+        protocol.max_size = TLS_READ_BUFFER
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,7 @@ class AiohttpSender:
     """The real Sender: one aiohttp session (connection pool) per route."""
 
     def __init__(self, connections: int, lan_ca_file: str | None) -> None:
+        shrink_tls_buffers()
         self._connections = connections
         self._ssl = {"server": ssl.create_default_context(cafile=certifi.where()),
                      "lan": lan_ssl_context(lan_ca_file)}
